@@ -1,0 +1,178 @@
+// Command sidemesh is a service-mesh sidecar and edge gateway.
+//
+//	sidemesh run -c sidemesh.yaml        # serve, as the config says
+//	sidemesh validate -c sidemesh.yaml   # check a config and exit
+//	sidemesh version
+//
+// Exit codes: 0 success, 1 a bad config or a runtime failure, 2 bad usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/sidemesh/sidemesh/sidecar"
+	"github.com/sidemesh/sidemesh/sidecar/config"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage: sidemesh <command> [flags]
+
+commands:
+  run -c FILE        run the sidecar described by FILE
+  validate -c FILE   check FILE and report every problem as file:line:col: message
+  version            print the version
+`
+
+// run is main without os.Exit, for tests.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "validate":
+		return cmdValidate(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "sidemesh", buildVersion())
+		return exitOK
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "sidemesh: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+}
+
+// configFlag parses the -c flag shared by run and validate.
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet("sidemesh "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "", "config file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "usage: sidemesh %s -c FILE\n", name)
+		return "", false
+	}
+	return *path, true
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	path, ok := configFlag("validate", args, stderr)
+	if !ok {
+		return exitUsage
+	}
+	if _, err := config.Load(path); err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitFailure
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", path)
+	return exitOK
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	path, ok := configFlag("run", args, stderr)
+	if !ok {
+		return exitUsage
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitFailure
+	}
+	log := newLogger(cfg.Log, stderr)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	sc := sidecar.New(cfg, log)
+	if err := sc.Start(ctx); err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFailure
+	}
+	log.Info("sidemesh running", "config", path, "version", buildVersion(), "pid", os.Getpid())
+	for {
+		select {
+		case <-hup:
+			reload(ctx, sc, path, log)
+		case <-ctx.Done():
+			stop() // a second signal now kills the process the default way
+			drain := sc.Config().DrainTimeout
+			sctx, cancel := context.WithTimeout(context.Background(), drain)
+			log.Info("draining", "deadline", drain)
+			sc.Shutdown(sctx)
+			cancel()
+			return exitOK
+		}
+	}
+}
+
+// reload applies the config file again. A config that does not load, or
+// cannot be applied, is logged with every problem and the running config
+// keeps serving.
+func reload(ctx context.Context, sc *sidecar.Sidecar, path string, log *slog.Logger) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		var list config.ErrorList
+		if errors.As(err, &list) {
+			for _, e := range list {
+				log.Error("reload rejected; keeping the running config", "problem", e.Error())
+			}
+		} else {
+			log.Error("reload rejected; keeping the running config", "err", err)
+		}
+		return
+	}
+	if err := sc.Reload(ctx, cfg); err != nil {
+		log.Error("reload failed; keeping the running config", "err", err)
+	}
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func buildVersion() string {
+	if version != "dev" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return version
+}

@@ -1,0 +1,191 @@
+// Package config defines the sidemesh configuration file: its structure,
+// its defaults, strict YAML loading with ${ENV} expansion, and validation
+// that reports every problem at once as "file:line:col: message".
+//
+// The pipeline is Default, then Load/Parse overlaying the file, then
+// Validate. A Config returned by Load or Parse has passed Validate.
+package config
+
+import "time"
+
+// Config is the whole configuration of one sidemesh process.
+type Config struct {
+	// Service is the local application this sidecar fronts. Nil for a
+	// client-only workload, which then has no inbound listener.
+	Service *Service `yaml:"service"`
+	// Inbound is the mesh-facing listener that forwards to Service.
+	// Default listen address 0.0.0.0:21000; ignored when Service is nil.
+	Inbound Listener `yaml:"inbound"`
+	// Outbound is the loopback listener the local app sends plain HTTP to;
+	// the Host header names the upstream. Default 127.0.0.1:15001.
+	Outbound Listener `yaml:"outbound"`
+	// Upstreams are the services the local app may call.
+	Upstreams []Upstream `yaml:"upstreams"`
+	// TrustedProxies lists the CIDRs whose X-Forwarded-* headers are kept
+	// and extended. From any other peer they are dropped and rewritten.
+	// Default: none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// DrainTimeout bounds how long SIGTERM waits for in-flight requests
+	// and open connections before closing them. Default 15s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Log configures the process log.
+	Log Log `yaml:"log"`
+
+	// file is the path the config was loaded from, positions maps field
+	// paths ("upstreams[0].balancer") to where they were written. Both are
+	// empty for a Config built in code.
+	file      string
+	positions map[string]Position
+}
+
+// Service describes the local application.
+type Service struct {
+	// Name is the service name other sidecars use to reach it. Required.
+	Name string `yaml:"name"`
+	// Address is where the app listens. Default 127.0.0.1.
+	Address string `yaml:"address"`
+	// Port is where the app listens. Required, 1-65535.
+	Port int `yaml:"port"`
+	// Protocol the app speaks: http (HTTP/1.1, the default), http2 (h2c),
+	// grpc (h2c) or tcp (raw bytes).
+	Protocol string `yaml:"protocol"`
+	// Weight is the share of traffic this instance asks for. Default 1.
+	Weight int `yaml:"weight"`
+}
+
+// Listener configures one server.
+type Listener struct {
+	// Listen is the "host:port" to bind.
+	Listen string `yaml:"listen"`
+	// ReadHeaderTimeout bounds reading a request's headers. Default 10s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// IdleTimeout closes keep-alive connections idle this long. Default 120s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxHeaderBytes bounds the size of request headers. Default 65536.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+}
+
+// Upstream is a service the local app calls through the sidecar.
+type Upstream struct {
+	// Service names the upstream; the local app reaches it with
+	// "Host: <service>" or "Host: <service>.mesh". Required and unique.
+	Service string `yaml:"service"`
+	// Listen is an optional dedicated "host:port" that sends everything to
+	// this upstream whatever the Host header. Required for protocol tcp.
+	Listen string `yaml:"listen"`
+	// Protocol spoken to the upstream's endpoints: http (HTTP/1.1, the
+	// default), http2 or grpc (HTTP/2; h2c in plain text), or tcp.
+	Protocol string `yaml:"protocol"`
+	// Balancer names the load-balancing policy. Default round_robin.
+	Balancer string `yaml:"balancer"`
+	// Endpoints are static endpoints; an upstream needs them unless a
+	// discovery source provides its endpoints.
+	Endpoints []Endpoint `yaml:"endpoints"`
+	// Timeout bounds the wait for a response's headers, over all tries.
+	// Streaming bodies and upgraded connections are not cut by it.
+	// Default 15s; 0 disables it.
+	Timeout time.Duration `yaml:"timeout"`
+	// ConnectTimeout bounds dialing one endpoint. Default 2s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// IdleTimeout closes pooled connections idle this long, and for tcp
+	// closes a proxied connection with no traffic either way for this long.
+	// Default 90s for http; 1h for tcp.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxIdlePerEndpoint bounds pooled idle connections per endpoint.
+	// Default 256 (Go's default of 2 starves a proxy).
+	MaxIdlePerEndpoint int `yaml:"max_idle_per_endpoint"`
+}
+
+// Endpoint is a static upstream endpoint.
+type Endpoint struct {
+	// Address is "host:port". Required.
+	Address string `yaml:"address"`
+	// Weight is the endpoint's relative share of traffic. Default 1.
+	Weight int `yaml:"weight"`
+	// Zone is the endpoint's locality, if any.
+	Zone string `yaml:"zone"`
+}
+
+// Log configures the process log (log/slog).
+type Log struct {
+	// Level is debug, info (the default), warn or error.
+	Level string `yaml:"level"`
+	// Format is text (the default) or json.
+	Format string `yaml:"format"`
+}
+
+// Protocols the data plane speaks.
+const (
+	ProtocolHTTP  = "http"
+	ProtocolHTTP2 = "http2"
+	ProtocolGRPC  = "grpc"
+	ProtocolTCP   = "tcp"
+)
+
+// Defaults applied by Default and by Load to fields the file leaves unset.
+const (
+	DefaultInboundListen      = "0.0.0.0:21000"
+	DefaultOutboundListen     = "127.0.0.1:15001"
+	DefaultServiceAddress     = "127.0.0.1"
+	DefaultReadHeaderTimeout  = 10 * time.Second
+	DefaultIdleTimeout        = 120 * time.Second
+	DefaultMaxHeaderBytes     = 64 << 10
+	DefaultUpstreamTimeout    = 15 * time.Second
+	DefaultConnectTimeout     = 2 * time.Second
+	DefaultPoolIdleTimeout    = 90 * time.Second
+	DefaultTCPIdleTimeout     = time.Hour
+	DefaultMaxIdlePerEndpoint = 256
+	DefaultDrainTimeout       = 15 * time.Second
+)
+
+// File returns the path the config was loaded from, or "" for a Config
+// built in code.
+func (c *Config) File() string { return c.file }
+
+// HTTP2 reports whether the protocol is carried over HTTP/2.
+func HTTP2(protocol string) bool { return protocol == ProtocolHTTP2 || protocol == ProtocolGRPC }
+
+// Position is a place in a config file, 1-based.
+type Position struct {
+	Line, Column int
+}
+
+// Default returns a Config with every default set and no service or
+// upstreams.
+func Default() *Config {
+	return &Config{
+		Inbound:      defaultListener(DefaultInboundListen),
+		Outbound:     defaultListener(DefaultOutboundListen),
+		DrainTimeout: DefaultDrainTimeout,
+		Log:          Log{Level: "info", Format: "text"},
+	}
+}
+
+func defaultListener(addr string) Listener {
+	return Listener{
+		Listen:            addr,
+		ReadHeaderTimeout: DefaultReadHeaderTimeout,
+		IdleTimeout:       DefaultIdleTimeout,
+		MaxHeaderBytes:    DefaultMaxHeaderBytes,
+	}
+}
+
+// setDefaults fills a Service the file is about to overlay.
+func (s *Service) setDefaults() {
+	*s = Service{Address: DefaultServiceAddress, Protocol: ProtocolHTTP, Weight: 1}
+}
+
+// setDefaults fills an Upstream the file is about to overlay. IdleTimeout
+// is left zero here and resolved by protocol after decoding.
+func (u *Upstream) setDefaults() {
+	*u = Upstream{
+		Protocol:           ProtocolHTTP,
+		Balancer:           "round_robin",
+		Timeout:            DefaultUpstreamTimeout,
+		ConnectTimeout:     DefaultConnectTimeout,
+		MaxIdlePerEndpoint: DefaultMaxIdlePerEndpoint,
+	}
+}
+
+// setDefaults fills an Endpoint the file is about to overlay.
+func (e *Endpoint) setDefaults() { *e = Endpoint{Weight: 1} }

@@ -1,0 +1,261 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+)
+
+// TCPTarget is where a TCP proxy sends a new connection.
+type TCPTarget struct {
+	// Name is the upstream's service name, for logs.
+	Name string
+	// Picker chooses the endpoint per connection. Required.
+	Picker balancer.Picker
+	// ConnectTimeout bounds dialing an endpoint. Zero means 2s.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connection when no byte has moved in either
+	// direction for this long. Zero means never.
+	IdleTimeout time.Duration
+}
+
+// TCPProxy accepts connections and splices each to an endpoint chosen per
+// connection. Safe for concurrent use.
+type TCPProxy struct {
+	// Target returns where new connections go; it is called once per
+	// accepted connection so a config reload can change it. Required.
+	Target func() *TCPTarget
+	// Logger receives per-connection errors. Nil means slog.Default().
+	Logger *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*tcpSession]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+}
+
+// ErrProxyClosed is returned by Serve after Shutdown.
+var ErrProxyClosed = errors.New("proxy: TCP proxy closed")
+
+// Serve accepts connections on l until Shutdown. It always returns a
+// non-nil error: ErrProxyClosed after Shutdown.
+func (p *TCPProxy) Serve(l net.Listener) error {
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		l.Close()
+		return ErrProxyClosed
+	}
+	if p.listeners == nil {
+		p.listeners = map[net.Listener]struct{}{}
+	}
+	p.listeners[l] = struct{}{}
+	p.mu.Unlock()
+
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			p.mu.Lock()
+			closing := p.closing
+			p.mu.Unlock()
+			if closing {
+				return ErrProxyClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
+				// Out of file descriptors or a transient accept error:
+				// back off as net/http does instead of spinning.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.logger().Warn("tcp accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s := &tcpSession{client: c}
+		if !p.track(s) {
+			c.Close()
+			return ErrProxyClosed
+		}
+		go p.serve(s)
+	}
+}
+
+func (p *TCPProxy) logger() *slog.Logger {
+	if p.Logger != nil {
+		return p.Logger
+	}
+	return slog.Default()
+}
+
+func (p *TCPProxy) track(s *tcpSession) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	if p.conns == nil {
+		p.conns = map[*tcpSession]struct{}{}
+	}
+	p.conns[s] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *TCPProxy) untrack(s *tcpSession) {
+	p.mu.Lock()
+	delete(p.conns, s)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// Active returns the number of open proxied connections.
+func (p *TCPProxy) Active() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// Shutdown stops accepting, waits for open connections to finish until ctx
+// is done, then closes those left. It returns ctx.Err() if it had to close
+// connections.
+func (p *TCPProxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.closing = true
+	for l := range p.listeners {
+		l.Close()
+	}
+	p.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	for s := range p.conns {
+		s.close()
+	}
+	p.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// tcpSession is one proxied connection pair.
+type tcpSession struct {
+	client   net.Conn
+	mu       sync.Mutex
+	upstream net.Conn
+	closed   bool
+	last     atomic.Int64 // unix nanos of the last byte moved either way
+}
+
+func (s *tcpSession) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.client.Close()
+	if s.upstream != nil {
+		s.upstream.Close()
+	}
+}
+
+func (p *TCPProxy) serve(s *tcpSession) {
+	defer p.untrack(s)
+	defer s.close()
+	t := p.Target()
+	if t == nil {
+		return
+	}
+	log := p.logger().With("upstream", t.Name, "client", s.client.RemoteAddr().String())
+	pick, err := t.Picker.Pick(nil)
+	if err != nil {
+		log.Warn("tcp: no endpoint", "err", err)
+		return
+	}
+	timeout := t.ConnectTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	start := time.Now()
+	up, err := net.DialTimeout("tcp", pick.Endpoint.Addr, timeout)
+	if err != nil {
+		pick.Done(balancer.Result{Err: err, Latency: time.Since(start)})
+		log.Warn("tcp: connect failed", "endpoint", pick.Endpoint.Addr, "err", err)
+		return
+	}
+	res := balancer.Result{Latency: time.Since(start)}
+	defer func() { pick.Done(res) }()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		up.Close()
+		return
+	}
+	s.upstream = up
+	s.mu.Unlock()
+
+	s.last.Store(time.Now().UnixNano())
+	errc := make(chan error, 2)
+	go func() { errc <- s.pipe(up, s.client, t.IdleTimeout) }()
+	go func() { errc <- s.pipe(s.client, up, t.IdleTimeout) }()
+	for range 2 {
+		if err := <-errc; err != nil && res.Err == nil {
+			res.Err = err
+			s.close() // one side broke: tear down the other
+		}
+	}
+}
+
+// pipe copies src to dst until src ends, then half-closes dst so the peer
+// sees the end of the stream while the other direction carries on. With
+// an idle timeout, reads wake up periodically and give up only when
+// neither direction has moved a byte for that long.
+func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) error {
+	buf := sharedBuffers.Get()
+	defer sharedBuffers.Put(buf)
+	for {
+		if idle > 0 {
+			src.SetReadDeadline(time.Now().Add(idle))
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			s.last.Store(time.Now().UnixNano())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if time.Since(time.Unix(0, s.last.Load())) < idle {
+					continue // the other direction is busy
+				}
+				return errIdle
+			}
+			if errors.Is(err, io.EOF) {
+				if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+					cw.CloseWrite()
+				}
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// errIdle ends a TCP session that saw no traffic for its idle timeout.
+var errIdle = errors.New("idle timeout")

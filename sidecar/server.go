@@ -1,0 +1,109 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+
+	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/proxy"
+)
+
+// listenerSpec says what server runs behind an address. Two equal specs
+// can share one running server across a reload.
+type listenerSpec struct {
+	addr string
+	// role is "inbound", "outbound" or "upstream/<name>".
+	role string
+	tcp  bool
+	opts config.Listener
+}
+
+// server is one HTTP or TCP server behind a socket's handoff.
+type server struct {
+	spec    listenerSpec
+	handoff *handoff
+	http    *http.Server
+	tcp     *proxy.TCPProxy
+
+	// hard is the base context of every request; cancelling it ends
+	// requests a graceful shutdown cannot (upgraded connections).
+	hard       context.Context
+	cancelHard context.CancelFunc
+	// active counts running HTTP handlers, including upgraded ones that
+	// http.Server.Shutdown does not wait for.
+	active sync.WaitGroup
+	served chan struct{}
+}
+
+func newHTTPServer(spec listenerSpec, h http.Handler, log *slog.Logger) *server {
+	s := &server{spec: spec, served: make(chan struct{})}
+	s.hard, s.cancelHard = context.WithCancel(context.Background())
+	tracked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.active.Add(1)
+		defer s.active.Done()
+		h.ServeHTTP(w, r)
+	})
+	s.http = proxy.NewServer(tracked, proxy.ServerOptions{
+		ReadHeaderTimeout: spec.opts.ReadHeaderTimeout,
+		IdleTimeout:       spec.opts.IdleTimeout,
+		MaxHeaderBytes:    spec.opts.MaxHeaderBytes,
+		Logger:            log,
+	})
+	s.http.BaseContext = func(net.Listener) context.Context { return s.hard }
+	return s
+}
+
+func newTCPServer(spec listenerSpec, target func() *proxy.TCPTarget, log *slog.Logger) *server {
+	s := &server{spec: spec, served: make(chan struct{})}
+	s.hard, s.cancelHard = context.WithCancel(context.Background())
+	s.tcp = &proxy.TCPProxy{Target: target, Logger: log}
+	return s
+}
+
+// serve starts serving on the socket's new handoff and makes it current;
+// it returns the handoff it replaced, if any.
+func (s *server) serve(sock *socket, log *slog.Logger) *handoff {
+	s.handoff = newHandoff(sock.ln.Addr())
+	go func() {
+		defer close(s.served)
+		var err error
+		if s.http != nil {
+			err = s.http.Serve(s.handoff)
+		} else {
+			err = s.tcp.Serve(s.handoff)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, proxy.ErrProxyClosed) &&
+			!errors.Is(err, net.ErrClosed) {
+			log.Error("listener stopped", "role", s.spec.role, "addr", s.spec.addr, "err", err)
+		}
+	}()
+	return sock.serveTo(s.handoff)
+}
+
+// shutdown stops accepting, lets in-flight requests and connections finish
+// until ctx is done, then closes what is left.
+func (s *server) shutdown(ctx context.Context) {
+	defer s.cancelHard()
+	if s.handoff != nil {
+		s.handoff.Close()
+	}
+	if s.tcp != nil {
+		s.tcp.Shutdown(ctx)
+		return
+	}
+	if err := s.http.Shutdown(ctx); err != nil {
+		s.http.Close()
+	}
+	idle := make(chan struct{})
+	go func() { s.active.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		s.cancelHard() // ends upgraded connections still open
+		<-idle
+	}
+}

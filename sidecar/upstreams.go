@@ -1,0 +1,236 @@
+package sidecar
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/proxy"
+)
+
+// initialFetchTimeout bounds how long starting an upstream waits for its
+// first discovery snapshot before serving without endpoints (requests get
+// 503 until one arrives).
+const initialFetchTimeout = 5 * time.Second
+
+// transportKey holds the settings a pooled transport depends on; an
+// upstream whose key is unchanged across a reload keeps its connections.
+type transportKey struct {
+	http2          bool
+	connectTimeout time.Duration
+	idleTimeout    time.Duration
+	maxIdle        int
+}
+
+// upstream is the running state of one upstream (or of the local app,
+// for the inbound listener): its balancer fed by a discovery watch, its
+// transports, and the proxy built on them.
+type upstream struct {
+	cfg config.Upstream
+
+	bal *balancer.Balancer
+	w   *watch
+
+	tkey      transportKey
+	transport *http.Transport
+	upgrade   *http.Transport // HTTP/1.1, for WebSocket upgrades
+
+	proxy *proxy.Upstream
+	tcp   *proxy.TCPTarget
+}
+
+// localUpstream turns the service section into the upstream the inbound
+// listener forwards to: one static endpoint, the local app.
+func localUpstream(svc *config.Service) config.Upstream {
+	return config.Upstream{
+		Service:            svc.Name,
+		Protocol:           svc.Protocol,
+		Balancer:           balancer.DefaultPolicy,
+		Endpoints:          []config.Endpoint{{Address: joinHostPort(svc.Address, svc.Port), Weight: 1}},
+		Timeout:            0, // the caller's sidecar enforces its own timeout
+		ConnectTimeout:     config.DefaultConnectTimeout,
+		IdleTimeout:        config.DefaultPoolIdleTimeout,
+		MaxIdlePerEndpoint: config.DefaultMaxIdlePerEndpoint,
+	}
+}
+
+// buildUpstream makes the state for cfg, reusing from old (which may be
+// nil) the balancer, watch and transports whose settings did not change.
+func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trusted []netip.Prefix, log *slog.Logger) *upstream {
+	u := &upstream{cfg: cfg}
+	log = log.With("upstream", cfg.Service)
+
+	if old != nil && old.cfg.Balancer == cfg.Balancer {
+		u.bal = old.bal
+	} else {
+		policy, _ := balancer.Lookup(cfg.Balancer) // validated by config
+		u.bal = balancer.New(cfg.Service, policy)
+	}
+	switch {
+	case old != nil && u.bal == old.bal && slices.Equal(old.w.endpoints, cfg.Endpoints):
+		u.w = old.w
+	case old != nil && u.bal == old.bal:
+		// Same balancer, new endpoints: stop the old feed first so a late
+		// snapshot from it cannot overwrite the new one.
+		old.w.cancel()
+		u.w = startWatch(ctx, u.bal, cfg, log)
+	default:
+		u.w = startWatch(ctx, u.bal, cfg, log)
+	}
+
+	u.tkey = transportKey{
+		http2:          config.HTTP2(cfg.Protocol),
+		connectTimeout: cfg.ConnectTimeout,
+		idleTimeout:    cfg.IdleTimeout,
+		maxIdle:        cfg.MaxIdlePerEndpoint,
+	}
+	if old != nil && old.tkey == u.tkey && old.transport != nil {
+		u.transport, u.upgrade = old.transport, old.upgrade
+	} else if cfg.Protocol != config.ProtocolTCP {
+		opts := proxy.TransportOptions{
+			HTTP2:              u.tkey.http2,
+			ConnectTimeout:     cfg.ConnectTimeout,
+			IdleTimeout:        cfg.IdleTimeout,
+			MaxIdlePerEndpoint: cfg.MaxIdlePerEndpoint,
+		}
+		u.transport = proxy.NewTransport(opts)
+		u.upgrade = u.transport
+		if opts.HTTP2 {
+			opts.HTTP2 = false
+			u.upgrade = proxy.NewTransport(opts)
+		}
+	}
+
+	if cfg.Protocol == config.ProtocolTCP {
+		u.tcp = &proxy.TCPTarget{
+			Name:           cfg.Service,
+			Picker:         u.bal,
+			ConnectTimeout: cfg.ConnectTimeout,
+			IdleTimeout:    cfg.IdleTimeout,
+		}
+	} else {
+		u.proxy = proxy.NewUpstream(proxy.UpstreamOptions{
+			Name:             cfg.Service,
+			Picker:           u.bal,
+			Transport:        u.transport,
+			UpgradeTransport: u.upgrade,
+			Timeout:          cfg.Timeout,
+			TrustedProxies:   trusted,
+			Logger:           log,
+		})
+	}
+	return u
+}
+
+// watch is a running discovery feed into a balancer.
+type watch struct {
+	cancel context.CancelFunc
+	// endpoints are the static endpoints being served, to tell on reload
+	// whether the watch must restart.
+	endpoints []config.Endpoint
+}
+
+// startWatch feeds bal from a static source over cfg's endpoints, and
+// waits (bounded) for the first snapshot so the upstream can serve as soon
+// as it is published.
+func startWatch(ctx context.Context, bal *balancer.Balancer, cfg config.Upstream, log *slog.Logger) *watch {
+	eps := make([]discovery.Endpoint, 0, len(cfg.Endpoints))
+	for _, e := range cfg.Endpoints {
+		host, port, err := splitHostPort(e.Address)
+		if err != nil {
+			log.Error("bad endpoint address", "address", e.Address, "err", err) // validated by config
+			continue
+		}
+		eps = append(eps, discovery.Endpoint{Address: host, Port: port, Weight: e.Weight, Zone: e.Zone})
+	}
+	src := discovery.NewStatic(map[string][]discovery.Endpoint{cfg.Service: eps})
+
+	wctx, cancel := context.WithCancel(ctx)
+	w := &watch{cancel: cancel, endpoints: slices.Clone(cfg.Endpoints)}
+	ch, err := src.Watch(wctx, cfg.Service)
+	if err != nil {
+		log.Error("discovery watch failed", "err", err)
+		return w
+	}
+	first := make(chan struct{})
+	go func() {
+		got := false
+		for snap := range ch {
+			bal.Update(snap)
+			if !got {
+				got = true
+				close(first)
+			}
+		}
+	}()
+	timer := time.NewTimer(initialFetchTimeout)
+	defer timer.Stop()
+	select {
+	case <-first:
+	case <-timer.C:
+		log.Warn("no endpoints yet; answering 503 until discovery delivers some", "waited", initialFetchTimeout)
+	}
+	return w
+}
+
+// retire releases what a replaced upstream holds that its successor (nil
+// when the upstream is gone) does not share. In-flight requests keep
+// working on what they already have.
+func (u *upstream) retire(next *upstream) {
+	if next == nil || next.w != u.w {
+		u.w.cancel()
+	}
+	if u.transport != nil && (next == nil || next.transport != u.transport) {
+		u.transport.CloseIdleConnections()
+		if u.upgrade != u.transport {
+			u.upgrade.CloseIdleConnections()
+		}
+	}
+}
+
+// routeTable is what the listeners route by; it is replaced whole on
+// reload and read without locks.
+type routeTable struct {
+	byName map[string]*upstream
+	local  *upstream
+	// known lists upstream names for the 502 message.
+	known string
+}
+
+func newRouteTable(ups map[string]*upstream, local *upstream) *routeTable {
+	names := make([]string, 0, len(ups))
+	for n := range ups {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	known := "known upstreams: none"
+	if len(names) > 0 {
+		known = "known upstreams: " + strings.Join(names, ", ")
+	}
+	return &routeTable{byName: ups, local: local, known: known}
+}
+func joinHostPort(host string, port int) string {
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, err
+	}
+	return host, port, nil
+}
