@@ -1,0 +1,110 @@
+package config
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// decodeInto runs the decoder on src over v, a pointer to a struct.
+func decodeInto(t *testing.T, src string, v any) *decoder {
+	t.Helper()
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &doc); err != nil {
+		t.Fatal(err)
+	}
+	d := &decoder{file: "t.yaml", positions: make(map[string]Position), failed: make(map[string]bool)}
+	d.decode(doc.Content[0], reflect.ValueOf(v).Elem(), "")
+	return d
+}
+
+func TestDecodeScalars(t *testing.T) {
+	var v struct {
+		On    bool          `yaml:"on"`
+		Off   bool          `yaml:"off"`
+		Bad   bool          `yaml:"bad"`
+		N     int           `yaml:"n"`
+		Big   int           `yaml:"big"`
+		Hex   int           `yaml:"hex"`
+		Wait  time.Duration `yaml:"wait"`
+		Zero  time.Duration `yaml:"zero"`
+		Float time.Duration `yaml:"float"`
+		S     string        `yaml:"s"`
+		L     []string      `yaml:"l"`
+	}
+	v.Off = true
+	d := decodeInto(t, `
+on: true
+off: False
+bad: yes
+n: -12
+big: 99999999999999999999
+hex: 0x10
+wait: 1m30s
+zero: 0
+float: 1.5
+s: 123
+l: [a, "b", 3]
+`, &v)
+	if !v.On || v.Off || v.N != -12 || v.Wait != 90*time.Second || v.Zero != 0 || v.S != "123" ||
+		!reflect.DeepEqual(v.L, []string{"a", "b", "3"}) {
+		t.Errorf("decoded %+v", v)
+	}
+	want := `t.yaml:4:6: bad: expected true or false, got "yes"
+t.yaml:6:6: big: expected an integer, got "99999999999999999999"
+t.yaml:7:6: hex: expected an integer, got "0x10"
+t.yaml:10:8: float: duration "1.5" needs a unit, e.g. 5s`
+	if got := d.errs.Error(); got != want {
+		t.Errorf("errors:\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestSuggest(t *testing.T) {
+	fields := fieldsOf(reflect.TypeFor[Upstream]())
+	for key, want := range map[string]string{
+		"balancr":        "balancer",
+		"Balancer":       "balancer",
+		"endpoint":       "endpoints",
+		"connect-timout": "connect_timeout",
+		"retries":        "",
+		"x":              "",
+	} {
+		got := suggest(key, fields)
+		if want != "" {
+			want = ` (did you mean "` + want + `"?)`
+		}
+		if got != want {
+			t.Errorf("suggest(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
+// TestFieldTags makes sure every exported field of the config can be set
+// from the file.
+func TestFieldTags(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type)
+	walk = func(typ reflect.Type) {
+		for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct || seen[typ] {
+			return
+		}
+		seen[typ] = true
+		for f := range typ.Fields() {
+			if !f.IsExported() {
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "" || name == "-" {
+				t.Errorf("%s.%s has no yaml key", typ.Name(), f.Name)
+			}
+			walk(f.Type)
+		}
+	}
+	walk(reflect.TypeFor[Config]())
+}

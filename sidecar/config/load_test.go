@@ -1,0 +1,274 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/invalid/*.golden from the current output")
+
+// testEnv is the environment the testdata files are loaded with.
+var testEnv = map[string]string{
+	"SERVICE_NAME": "cart",
+	"CATALOG_HOST": "127.0.0.1",
+	"ZONE":         "not-used",
+	"EMPTY":        "",
+}
+
+// setEnv makes env the whole environment seen by ${NAME} expansion until
+// the test ends.
+func setEnv(t testing.TB, env map[string]string) {
+	old := lookupEnv
+	lookupEnv = func(name string) (string, bool) {
+		v, ok := env[name]
+		return v, ok
+	}
+	t.Cleanup(func() { lookupEnv = old })
+}
+
+func mustParse(t *testing.T, yaml string) *Config {
+	t.Helper()
+	c, err := Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatalf("Parse:\n%v", err)
+	}
+	return c
+}
+
+func TestLoadValid(t *testing.T) {
+	setEnv(t, testEnv)
+	files, err := filepath.Glob("testdata/valid/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			c, err := Load(file)
+			if err != nil {
+				t.Fatalf("Load:\n%v", err)
+			}
+			if c.File() != file {
+				t.Errorf("File() = %q, want %q", c.File(), file)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	if _, err := Load("testdata/no-such-file.yaml"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Load = %v, want a not-exist error", err)
+	}
+}
+
+// TestParseInvalid checks the exact errors for each file in
+// testdata/invalid against the file's .golden twin. Run with -update to
+// rewrite the goldens, then read the diff.
+func TestParseInvalid(t *testing.T) {
+	setEnv(t, testEnv)
+	files, err := filepath.Glob("testdata/invalid/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata: %v", err)
+	}
+	for _, file := range files {
+		name := strings.TrimSuffix(filepath.Base(file), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := Parse(filepath.Base(file), data)
+			if err == nil {
+				t.Fatalf("Parse succeeded: %+v", c)
+			}
+			if c != nil {
+				t.Errorf("Parse returned a Config with its error")
+			}
+			if _, ok := err.(ErrorList); !ok {
+				t.Errorf("error is a %T, want ErrorList", err)
+			}
+			got := err.Error() + "\n"
+			golden := strings.TrimSuffix(file, ".yaml") + ".golden"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != string(want) {
+				t.Errorf("errors:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	c := mustParse(t, `
+service: { name: cart, port: 8080 }
+upstreams:
+  - service: web
+    endpoints: [{ address: 127.0.0.1:1 }]
+  - service: db
+    protocol: tcp
+    listen: 127.0.0.1:5432
+    endpoints: [{ address: 127.0.0.1:2, weight: 5 }]
+  - service: api
+    protocol: grpc
+    timeout: 0s
+    idle_timeout: 0s
+    endpoints: [{ address: 127.0.0.1:3 }]
+`)
+	upstream := func(service, protocol string, idle time.Duration, eps ...Endpoint) Upstream {
+		return Upstream{
+			Service:            service,
+			Protocol:           protocol,
+			Balancer:           "round_robin",
+			Endpoints:          eps,
+			Timeout:            DefaultUpstreamTimeout,
+			ConnectTimeout:     DefaultConnectTimeout,
+			IdleTimeout:        idle,
+			MaxIdlePerEndpoint: DefaultMaxIdlePerEndpoint,
+		}
+	}
+	want := Default()
+	want.Service = &Service{Name: "cart", Address: "127.0.0.1", Port: 8080, Protocol: "http", Weight: 1}
+	want.Upstreams = []Upstream{
+		upstream("web", "http", DefaultPoolIdleTimeout, Endpoint{Address: "127.0.0.1:1", Weight: 1}),
+		upstream("db", "tcp", DefaultTCPIdleTimeout, Endpoint{Address: "127.0.0.1:2", Weight: 5}),
+		upstream("api", "grpc", 0, Endpoint{Address: "127.0.0.1:3", Weight: 1}),
+	}
+	want.Upstreams[1].Listen = "127.0.0.1:5432"
+	want.Upstreams[2].Timeout = 0
+
+	got := *c
+	got.file, got.positions = "", nil
+	if !reflect.DeepEqual(&got, want) {
+		t.Errorf("Parse =\n%+v\nwant\n%+v", &got, want)
+	}
+	if c.Inbound.Listen != "0.0.0.0:21000" || c.Outbound.Listen != "127.0.0.1:15001" ||
+		c.Outbound.ReadHeaderTimeout != 10*time.Second || c.DrainTimeout != 15*time.Second {
+		t.Errorf("listener defaults not applied: %+v %+v", c.Inbound, c.Outbound)
+	}
+}
+
+func TestParseEmpty(t *testing.T) {
+	for _, data := range []string{"", "# nothing\n", "---\n", "~\n"} {
+		got := *mustParse(t, data)
+		got.file, got.positions = "", nil
+		if !reflect.DeepEqual(&got, Default()) {
+			t.Errorf("Parse(%q) = %+v, want Default()", data, &got)
+		}
+	}
+}
+
+func TestParseNullKeepsDefault(t *testing.T) {
+	c := mustParse(t, "drain_timeout:\noutbound:\n  listen: ~\nservice:\n")
+	if c.DrainTimeout != DefaultDrainTimeout || c.Outbound.Listen != DefaultOutboundListen || c.Service != nil {
+		t.Errorf("null values changed defaults: %+v", c)
+	}
+}
+
+func TestParsePositions(t *testing.T) {
+	c := mustParse(t, `service:
+  name: cart
+  port: 8080
+upstreams:
+  - service: catalog
+    endpoints:
+      - address: 10.0.0.1:80
+      - { address: "10.0.0.2:80", weight: 2 }
+`)
+	for path, want := range map[string]Position{
+		"service":                           {2, 3},
+		"service.port":                      {3, 9},
+		"upstreams":                         {5, 3},
+		"upstreams[0]":                      {5, 5},
+		"upstreams[0].service":              {5, 14},
+		"upstreams[0].endpoints[0].address": {7, 18},
+		"upstreams[0].endpoints[1]":         {8, 9},
+		"upstreams[0].endpoints[1].address": {8, 20},
+		"upstreams[0].endpoints[1].weight":  {8, 43},
+	} {
+		if got := c.positions[path]; got != want {
+			t.Errorf("position of %s = %v, want %v", path, got, want)
+		}
+	}
+	for _, path := range []string{"inbound", "inbound.listen", "upstreams[0].timeout", ""} {
+		if got, ok := c.positions[path]; ok {
+			t.Errorf("position of unwritten %q = %v, want none", path, got)
+		}
+	}
+	if got, want := c.pos("upstreams[0].balancer"), (Position{5, 5}); got != want {
+		t.Errorf("pos(upstreams[0].balancer) = %v, want the upstream's %v", got, want)
+	}
+}
+
+func TestParseEnv(t *testing.T) {
+	setEnv(t, map[string]string{"NAME": "cart", "PORT": "8080", "EMPTY": ""})
+	c := mustParse(t, `
+service:
+  name: ${NAME}
+  port: ${PORT}
+  address: ${EMPTY:-127.0.0.9}
+upstreams:
+  - service: ${NAME}-db
+    listen: ${MISSING:-127.0.0.1:9191}
+    endpoints: [{ address: "127.0.0.1:9001", zone: "$${NAME} $NAME-$" }]
+`)
+	if s := c.Service; s.Name != "cart" || s.Port != 8080 || s.Address != "127.0.0.9" {
+		t.Errorf("service = %+v", s)
+	}
+	u := c.Upstreams[0]
+	if u.Service != "cart-db" || u.Listen != "127.0.0.1:9191" || u.Endpoints[0].Zone != "${NAME} $NAME-$" {
+		t.Errorf("upstream = %+v", u)
+	}
+}
+
+func TestParseUnsetEnv(t *testing.T) {
+	setEnv(t, nil)
+	_, err := Parse("env.yaml", []byte("service:\n  name: cart\n  port: \"${PORT}\"\n"))
+	list, ok := err.(ErrorList)
+	if !ok || len(list) != 1 {
+		t.Fatalf("Parse = %v, want one error", err)
+	}
+	want := Error{File: "env.yaml", Pos: Position{3, 9}, Path: "service.port", Msg: `environment variable "PORT" is not set`}
+	if *list[0] != want {
+		t.Errorf("error = %+v, want %+v", *list[0], want)
+	}
+}
+
+func TestParseAliasBomb(t *testing.T) {
+	// typed is a few kilobytes that would decode to a million endpoints:
+	// an upstream with 1000 endpoints, listed 1000 times.
+	typed := "upstreams:\n  - &u\n    service: catalog\n    endpoints: [&e { address: 127.0.0.1:1 }" +
+		strings.Repeat(", *e", 999) + "]\n" + strings.Repeat("  - *u\n", 999)
+	// laughs is the classic "billion laughs", aimed at a list of strings.
+	laughs := `a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]` + "\n"
+	for c := 'b'; c <= 'i'; c++ {
+		laughs += fmt.Sprintf("%c: &%c [%s]\n", c, c, strings.Repeat(fmt.Sprintf("*%c,", c-1), 8)+fmt.Sprintf("*%c", c-1))
+	}
+	laughs += "trusted_proxies: *i\n"
+
+	for name, tc := range map[string]struct{ data, want string }{
+		"typed":  {typed, "too many values (over 100000"},
+		"laughs": {laughs, "trusted_proxies[0]: expected a single value, got a list"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse("bomb.yaml", []byte(tc.data))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
