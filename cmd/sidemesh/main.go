@@ -21,6 +21,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/sidecar"
 	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/telemetry"
 )
 
 // Exit codes.
@@ -106,7 +107,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitFailure
 	}
-	log := newLogger(cfg.Log, stderr)
+	log, err := telemetry.NewLogger(cfg.Log.Level, cfg.Log.Format, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitFailure
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -155,16 +160,6 @@ func reload(ctx context.Context, sc *sidecar.Sidecar, path string, log *slog.Log
 	if err := sc.Reload(ctx, cfg); err != nil {
 		log.Error("reload failed; keeping the running config", "err", err)
 	}
-}
-
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
-	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 func buildVersion() string {

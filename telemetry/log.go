@@ -1,0 +1,29 @@
+// Package telemetry holds what sidemesh tells operators about itself: the
+// process log today; OpenTelemetry traces and metrics and the access log
+// as they land.
+package telemetry
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+)
+
+// NewLogger returns the process logger writing to w. level is debug, info,
+// warn or error; format is text or json. Both are checked by config
+// validation; anything else is an error here too.
+func NewLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("telemetry: log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("telemetry: unknown log format %q (want text or json)", format)
+	}
+}

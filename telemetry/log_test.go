@@ -1,0 +1,41 @@
+package telemetry
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestNewLogger(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := NewLogger("warn", "json", &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("hidden")
+	log.Warn("shown", "k", "v")
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("not one JSON line: %q: %v", buf.String(), err)
+	}
+	if rec["msg"] != "shown" || rec["k"] != "v" {
+		t.Fatalf("record = %v", rec)
+	}
+
+	buf.Reset()
+	log, err = NewLogger("debug", "text", &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Debug("dbg")
+	if !strings.Contains(buf.String(), "msg=dbg") {
+		t.Fatalf("text output = %q", buf.String())
+	}
+
+	for _, bad := range [][2]string{{"loud", "text"}, {"info", "xml"}} {
+		if _, err := NewLogger(bad[0], bad[1], &buf); err == nil {
+			t.Errorf("NewLogger(%q, %q) succeeded", bad[0], bad[1])
+		}
+	}
+}
