@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
@@ -36,11 +38,20 @@ type server struct {
 	// active counts running HTTP handlers, including upgraded ones that
 	// http.Server.Shutdown does not wait for.
 	active sync.WaitGroup
-	served chan struct{}
+	// conns counts open HTTP connections; connsChanged is poked (never
+	// blocking) whenever one opens or closes.
+	conns        atomic.Int64
+	connsChanged chan struct{}
+	served       chan struct{}
 }
 
+// drainQuietPeriod is how long a draining HTTP server waits for its
+// connections to close by themselves (each response now says
+// "Connection: close") before it shuts down the rest.
+const drainQuietPeriod = time.Second
+
 func newHTTPServer(spec listenerSpec, h http.Handler, log *slog.Logger) *server {
-	s := &server{spec: spec, served: make(chan struct{})}
+	s := &server{spec: spec, served: make(chan struct{}), connsChanged: make(chan struct{}, 1)}
 	s.hard, s.cancelHard = context.WithCancel(context.Background())
 	tracked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.active.Add(1)
@@ -54,6 +65,20 @@ func newHTTPServer(spec listenerSpec, h http.Handler, log *slog.Logger) *server 
 		Logger:            log,
 	})
 	s.http.BaseContext = func(net.Listener) context.Context { return s.hard }
+	s.http.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			s.conns.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			s.conns.Add(-1)
+		default:
+			return
+		}
+		select {
+		case s.connsChanged <- struct{}{}:
+		default:
+		}
+	}
 	return s
 }
 
@@ -86,6 +111,14 @@ func (s *server) serve(sock *socket, log *slog.Logger) *handoff {
 
 // shutdown stops accepting, lets in-flight requests and connections finish
 // until ctx is done, then closes what is left.
+//
+// http.Server.Shutdown alone would drop requests: a keep-alive connection
+// whose next request is read after Shutdown starts is closed without an
+// answer (net/http checks shuttingDown after reading). So HTTP/1 is
+// drained first: keep-alives are turned off, which closes idle
+// connections and makes every response close its connection, and the
+// server waits a quiet period for connections to go. Shutdown then sends
+// HTTP/2 GOAWAY and waits for what remains.
 func (s *server) shutdown(ctx context.Context) {
 	defer s.cancelHard()
 	if s.handoff != nil {
@@ -94,6 +127,23 @@ func (s *server) shutdown(ctx context.Context) {
 	if s.tcp != nil {
 		s.tcp.Shutdown(ctx)
 		return
+	}
+	s.http.SetKeepAlivesEnabled(false)
+	quiet := drainQuietPeriod
+	if dl, ok := ctx.Deadline(); ok {
+		quiet = min(quiet, time.Until(dl)/2)
+	}
+	timer := time.NewTimer(quiet)
+	defer timer.Stop()
+wait:
+	for s.conns.Load() > 0 {
+		select {
+		case <-s.connsChanged:
+		case <-timer.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	if err := s.http.Shutdown(ctx); err != nil {
 		s.http.Close()

@@ -68,6 +68,7 @@ func localUpstream(svc *config.Service) config.Upstream {
 // nil) the balancer, watch and transports whose settings did not change.
 func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trusted []netip.Prefix, log *slog.Logger) *upstream {
 	u := &upstream{cfg: cfg}
+	proxyLog := log // the proxy names the upstream in its own log lines
 	log = log.With("upstream", cfg.Service)
 
 	if old != nil && old.cfg.Balancer == cfg.Balancer {
@@ -126,7 +127,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trus
 			UpgradeTransport: u.upgrade,
 			Timeout:          cfg.Timeout,
 			TrustedProxies:   trusted,
-			Logger:           log,
+			Logger:           proxyLog,
 		})
 	}
 	return u
