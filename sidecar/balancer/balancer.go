@@ -1,27 +1,34 @@
 // Package balancer picks the endpoint each upstream request goes to.
 //
-// A Balancer receives full discovery snapshots (Update, called from one
-// goroutine at a time) and publishes an immutable Picker through an atomic
-// pointer, so Pick never blocks and never takes a lock. Per-endpoint state
-// (in-flight requests today; latency, breaker and ejection state as policies
-// grow) lives in *Endpoint values that survive new snapshots for as long as
-// the endpoint's ID stays in them.
+// A Balancer receives full discovery snapshots (Update) and publishes an
+// immutable Picker through an atomic pointer, so Pick never blocks and
+// never takes a lock. Per-endpoint state (in-flight requests, latency,
+// circuit breaker, outlier ejection, active health) lives in *Endpoint
+// values that survive new snapshots for as long as the endpoint's ID stays
+// in them.
 //
 // Policies are small: a Policy turns the current endpoint list into a
-// Picker. Feedback from each request flows back through Pick.Done.
+// Picker. Feedback from each request flows back through Pick.Done, which
+// updates every piece of endpoint state at once. Every policy skips
+// endpoints that are unhealthy, ejected or behind an open breaker, and
+// endpoints a retry already tried; when no endpoint is left it falls back
+// to all of them (panic mode) rather than failing every request.
 package balancer
 
 import (
 	"errors"
 	"maps"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/breaker"
 )
 
 // ErrNoEndpoints is returned by Pick when the upstream has no endpoint to
@@ -29,29 +36,101 @@ import (
 // until discovery delivers a new snapshot.
 var ErrNoEndpoints = errors.New("no endpoints available")
 
+// now is the clock of pickers and feedback; tests replace it.
+var now = time.Now
+
+// failurePenalty is the response time recorded for a failed request (a
+// transport error or a 5xx) that failed faster than this.
+const failurePenalty = time.Second
+
 // Result is what became of one request sent to a picked endpoint.
 type Result struct {
-	// Err is the transport error, nil when a response arrived.
+	// Err is the transport error (connect failure, timeout, reset); nil
+	// when a response arrived.
 	Err error
 	// Status is the HTTP status of the response, 0 when Err is set.
 	Status int
-	// Latency is the time from pick to response headers (or error).
+	// Latency is the time from sending to response headers (or error).
 	Latency time.Duration
+	// Local marks a request that ended for a reason that says nothing about
+	// the endpoint, such as the client hanging up. It is not counted
+	// against the endpoint.
+	Local bool
+}
+
+// outcome converts r for the breaker and outlier detection.
+func (r Result) outcome() breaker.Outcome {
+	return breaker.Outcome{Status: r.Status, Transport: r.Err != nil && !r.Local, Local: r.Local}
 }
 
 // Pick is the outcome of Picker.Pick.
 type Pick struct {
 	// Endpoint is where to send the request. Never nil when Pick's error is nil.
 	Endpoint *Endpoint
-	// Done must be called exactly once when the request to Endpoint has
-	// finished (response headers received, or failed). It is never nil.
+	// Done must be called exactly once when the exchange with Endpoint has
+	// ended. It is never nil, and safe to call from any goroutine.
 	Done func(Result)
+}
+
+// MaxTried is how many endpoints a Request remembers as already tried.
+const MaxTried = 4
+
+// Request is what a policy may look at to choose an endpoint. It is passed
+// by value so that picking does not allocate.
+type Request struct {
+	// HTTP is the request being routed; nil for a TCP connection.
+	HTTP *http.Request
+	// Client is the address of the client, for source-IP hashing. When it
+	// is not set, HTTP's first X-Forwarded-For address is used (the proxy
+	// has already made that header trustworthy), else its RemoteAddr.
+	Client netip.Addr
+
+	tried  [MaxTried]*Endpoint
+	ntried int
+}
+
+// MarkTried records ep as tried, so that a retry avoids it while another
+// endpoint can take the request. Beyond MaxTried, the oldest are forgotten.
+func (r *Request) MarkTried(ep *Endpoint) {
+	r.tried[r.ntried%MaxTried] = ep
+	r.ntried++
+}
+
+// Tried reports whether ep was marked as tried.
+func (r *Request) Tried(ep *Endpoint) bool {
+	for _, t := range r.tried {
+		if t == ep {
+			return t != nil
+		}
+	}
+	return false
+}
+
+// ClientAddr returns the client address used for source-IP hashing; the
+// zero Addr when nothing tells it.
+func (r *Request) ClientAddr() netip.Addr {
+	if r.Client.IsValid() || r.HTTP == nil {
+		return r.Client
+	}
+	if xff := r.HTTP.Header["X-Forwarded-For"]; len(xff) > 0 {
+		first := xff[0]
+		if i := strings.IndexByte(first, ','); i >= 0 {
+			first = first[:i]
+		}
+		if a, err := netip.ParseAddr(strings.TrimSpace(first)); err == nil {
+			return a.Unmap()
+		}
+	}
+	if ap, err := netip.ParseAddrPort(r.HTTP.RemoteAddr); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // Picker chooses an endpoint for a request. Pickers are immutable
 // snapshots; Pick must not block and is called from many goroutines.
 type Picker interface {
-	Pick(req *http.Request) (Pick, error)
+	Pick(r Request) (Pick, error)
 }
 
 // Policy builds pickers for one balancing algorithm. Build is called from
@@ -75,37 +154,135 @@ type Endpoint struct {
 	state *endpointState
 }
 
-// endpointState is what a balancer learns about an endpoint from traffic.
+// endpointState is what a balancer learns about an endpoint from traffic
+// and health checks.
 type endpointState struct {
+	id       string
 	inflight atomic.Int64
+	latency  peakEWMA
+	added    time.Time // when the endpoint first appeared, for slow start
+
+	breaker  *breaker.Breaker // nil when breakers are off
+	outlier  *breaker.Outlier // the upstream's; nil when ejection is off
+	host     breaker.Host
+	degraded atomic.Bool // failed active health checks
+
 	// done is Pick.Done for this endpoint, built once so that Pick does not
 	// allocate a closure per request.
 	done func(Result)
 }
 
-func newEndpoint(e discovery.Endpoint, st *endpointState) *Endpoint {
-	if e.Weight < 1 {
-		e.Weight = 1
+func (s *endpointState) finish(r Result) {
+	s.inflight.Add(-1)
+	if r.Local {
+		return
 	}
-	if st == nil {
-		st = &endpointState{}
-		st.done = st.finish
+	t := now()
+	oc := r.outcome()
+	lat := r.Latency
+	if oc.Transport || oc.Status >= 500 {
+		// A failure must not look fast: an endpoint that answers 503 at
+		// once would otherwise draw ever more traffic under
+		// least_response_time.
+		lat = max(lat, failurePenalty)
 	}
-	return &Endpoint{Endpoint: e, Addr: e.HostPort(), state: st}
+	s.latency.observe(lat, t)
+	if s.breaker != nil {
+		s.breaker.Record(oc)
+	}
+	if s.outlier != nil {
+		s.outlier.Record(s.id, &s.host, oc, t)
+	}
 }
+
+// admit reports whether the endpoint may take a request now: healthy, not
+// ejected, and admitted by its breaker. It may consume one of a half-open
+// breaker's probes, so policies call it only for the endpoint they are
+// about to return.
+func (e *Endpoint) admit(t time.Time) bool {
+	s := e.state
+	if s.degraded.Load() || s.host.Ejected(t) {
+		return false
+	}
+	return s.breaker == nil || s.breaker.Allow(t)
+}
+
+// pick wraps e as a Pick.
+func (e *Endpoint) pick() Pick { return Pick{Endpoint: e, Done: e.state.done} }
 
 // InFlight returns the number of requests picked for the endpoint whose
 // Done has not been called yet.
 func (e *Endpoint) InFlight() int64 { return e.state.inflight.Load() }
 
-func (s *endpointState) finish(Result) { s.inflight.Add(-1) }
+// Latency returns the endpoint's current peak-EWMA response time, decayed
+// for the time since its last response; 0 before the first response.
+func (e *Endpoint) Latency() time.Duration { return e.state.latency.estimate(now()) }
+
+// BreakerState returns the state of the endpoint's circuit breaker
+// (Closed when breakers are off).
+func (e *Endpoint) BreakerState() breaker.State {
+	if e.state.breaker == nil {
+		return breaker.Closed
+	}
+	return e.state.breaker.State()
+}
+
+// EjectedUntil returns when the endpoint's current outlier ejection ends;
+// the zero Time when it is not ejected.
+func (e *Endpoint) EjectedUntil() time.Time {
+	if u := e.state.host.EjectedUntil(); u.After(now()) {
+		return u
+	}
+	return time.Time{}
+}
+
+// Healthy reports whether the endpoint passes its active health checks
+// (true when there are none).
+func (e *Endpoint) Healthy() bool { return !e.state.degraded.Load() }
+
+// EventKind names a change in an endpoint's availability.
+type EventKind string
+
+// Event kinds.
+const (
+	BreakerOpened   EventKind = "breaker_opened"
+	BreakerHalfOpen EventKind = "breaker_half_open"
+	BreakerClosed   EventKind = "breaker_closed"
+	Ejected         EventKind = "ejected"
+	Restored        EventKind = "restored"
+	Unhealthy       EventKind = "unhealthy"
+	Healthy         EventKind = "healthy"
+)
+
+// Event reports a change in an endpoint's availability.
+type Event struct {
+	Service  string
+	Endpoint string // the endpoint's ID
+	Kind     EventKind
+	// Until is when an ejection ends (Ejected only).
+	Until time.Time
+}
+
+// Options configure a Balancer. The zero value turns every resilience
+// feature off.
+type Options struct {
+	// Breaker, when set, gives every endpoint a circuit breaker.
+	Breaker *breaker.Settings
+	// Outlier, when set, ejects endpoints that keep failing.
+	Outlier *breaker.OutlierSettings
+	// OnEvent receives availability changes. It is called synchronously
+	// from request paths and must not block. Nil discards them.
+	OnEvent func(Event)
+}
 
 // Balancer holds the endpoints of one upstream service and the picker of
-// its policy. Pick is safe for concurrent use and lock-free; Update must be
-// called from one goroutine at a time (it serialises itself regardless).
+// its policy. Pick is safe for concurrent use and lock-free; Update and
+// SetHealthy may be called from any goroutine (they serialise).
 type Balancer struct {
 	service string
 	policy  Policy
+	opts    Options
+	outlier *breaker.Outlier
 
 	picker atomic.Pointer[pickerBox]
 
@@ -118,10 +295,25 @@ type pickerBox struct{ Picker }
 
 // New returns a Balancer for service with no endpoints: Pick fails with
 // ErrNoEndpoints until the first Update.
-func New(service string, policy Policy) *Balancer {
-	b := &Balancer{service: service, policy: policy, endpoints: map[string]*Endpoint{}}
+func New(service string, policy Policy, opts Options) *Balancer {
+	b := &Balancer{service: service, policy: policy, opts: opts, endpoints: map[string]*Endpoint{}}
+	if opts.Outlier != nil {
+		b.outlier = breaker.NewOutlier(*opts.Outlier, func(id string, ejected bool, until time.Time) {
+			kind := Restored
+			if ejected {
+				kind = Ejected
+			}
+			b.emit(Event{Service: service, Endpoint: id, Kind: kind, Until: until})
+		})
+	}
 	b.picker.Store(&pickerBox{errPicker{ErrNoEndpoints}})
 	return b
+}
+
+func (b *Balancer) emit(ev Event) {
+	if b.opts.OnEvent != nil {
+		b.opts.OnEvent(ev)
+	}
 }
 
 // Service returns the upstream service name the balancer serves.
@@ -129,6 +321,24 @@ func (b *Balancer) Service() string { return b.service }
 
 // Policy returns the balancing policy.
 func (b *Balancer) Policy() Policy { return b.policy }
+
+func (b *Balancer) newState(id string) *endpointState {
+	s := &endpointState{id: id, added: now(), outlier: b.outlier}
+	if b.opts.Breaker != nil {
+		s.breaker = breaker.New(b.service+"/"+id, *b.opts.Breaker, func(from, to breaker.State) {
+			kind := BreakerClosed
+			switch to {
+			case breaker.Open:
+				kind = BreakerOpened
+			case breaker.HalfOpen:
+				kind = BreakerHalfOpen
+			}
+			b.emit(Event{Service: b.service, Endpoint: id, Kind: kind})
+		})
+	}
+	s.done = s.finish
+	return s
+}
 
 // Update replaces the endpoint set with s and publishes a new picker.
 // Endpoints whose ID was already known keep their state; endpoints with an
@@ -142,17 +352,23 @@ func (b *Balancer) Update(s discovery.Snapshot) {
 		if _, dup := next[de.ID]; dup {
 			continue
 		}
+		if de.Weight < 1 {
+			de.Weight = 1
+		}
 		ep, ok := b.endpoints[de.ID]
 		switch {
 		case !ok:
-			ep = newEndpoint(de, nil)
+			ep = &Endpoint{Endpoint: de, Addr: de.HostPort(), state: b.newState(de.ID)}
 		case !sameEndpoint(ep.Endpoint, de):
-			ep = newEndpoint(de, ep.state)
+			ep = &Endpoint{Endpoint: de, Addr: de.HostPort(), state: ep.state}
 		}
 		next[de.ID] = ep
 		list = append(list, ep)
 	}
 	b.endpoints = next
+	if b.outlier != nil {
+		b.outlier.SetSize(len(list))
+	}
 	if len(list) == 0 {
 		b.picker.Store(&pickerBox{errPicker{ErrNoEndpoints}})
 		return
@@ -162,14 +378,33 @@ func (b *Balancer) Update(s discovery.Snapshot) {
 
 // sameEndpoint reports whether the Endpoint value for a can be reused for b.
 func sameEndpoint(a, b discovery.Endpoint) bool {
-	return a.Address == b.Address && a.Port == b.Port && max(a.Weight, 1) == max(b.Weight, 1) &&
+	return a.Address == b.Address && a.Port == b.Port && a.Weight == b.Weight &&
 		a.Zone == b.Zone && slices.Equal(a.Tags, b.Tags) && maps.Equal(a.Meta, b.Meta)
 }
 
-// Pick chooses an endpoint for req with the current picker and counts the
+// SetHealthy records the verdict of an active health check for the
+// endpoint with the given ID; unknown IDs are ignored.
+func (b *Balancer) SetHealthy(id string, healthy bool) {
+	b.mu.Lock()
+	ep := b.endpoints[id]
+	b.mu.Unlock()
+	if ep == nil {
+		return
+	}
+	if ep.state.degraded.Swap(!healthy) == !healthy {
+		return // no change
+	}
+	kind := Healthy
+	if !healthy {
+		kind = Unhealthy
+	}
+	b.emit(Event{Service: b.service, Endpoint: id, Kind: kind})
+}
+
+// Pick chooses an endpoint for r with the current picker and counts the
 // request as in flight until Pick.Done is called. It never blocks.
-func (b *Balancer) Pick(req *http.Request) (Pick, error) {
-	p, err := b.picker.Load().Pick(req)
+func (b *Balancer) Pick(r Request) (Pick, error) {
+	p, err := b.picker.Load().Pick(r)
 	if err != nil {
 		return Pick{}, err
 	}
@@ -189,10 +424,31 @@ func (b *Balancer) Endpoints() []*Endpoint {
 	return out
 }
 
+// choose returns the first endpoint of eps, starting at index start and
+// wrapping around, that r has not tried and that is admitted now. When none
+// is (every endpoint is down, or tried), it falls back to panic mode: the
+// first endpoint from start that r has not tried, else eps[start]. Policies
+// call it with the index their algorithm prefers.
+func choose(eps []*Endpoint, start int, r *Request, t time.Time) *Endpoint {
+	n := len(eps)
+	for i := range n {
+		ep := eps[(start+i)%n]
+		if !r.Tried(ep) && ep.admit(t) {
+			return ep
+		}
+	}
+	for i := range n {
+		if ep := eps[(start+i)%n]; !r.Tried(ep) {
+			return ep
+		}
+	}
+	return eps[start]
+}
+
 // errPicker fails every pick with err; installed when there is nothing to
 // pick from, so callers need no special case.
 type errPicker struct{ err error }
 
-func (p errPicker) Pick(*http.Request) (Pick, error) { return Pick{}, p.err }
+func (p errPicker) Pick(Request) (Pick, error) { return Pick{}, p.err }
 
 var _ Picker = (*Balancer)(nil)
