@@ -76,8 +76,13 @@ type Upstream struct {
 	// Protocol spoken to the upstream's endpoints: http (HTTP/1.1, the
 	// default), http2 or grpc (HTTP/2; h2c in plain text), or tcp.
 	Protocol string `yaml:"protocol"`
-	// Balancer names the load-balancing policy. Default round_robin.
+	// Balancer names the load-balancing policy: round_robin (the
+	// default), weighted_round_robin, random, least_connections,
+	// least_response_time, ip_hash or consistent_hash.
 	Balancer string `yaml:"balancer"`
+	// HashOn is the key of consistent_hash: source_ip, header:NAME,
+	// cookie:NAME or path. Default source_ip.
+	HashOn string `yaml:"hash_on"`
 	// Endpoints are static endpoints; an upstream needs them unless a
 	// discovery source provides its endpoints.
 	Endpoints []Endpoint `yaml:"endpoints"`
@@ -94,6 +99,15 @@ type Upstream struct {
 	// MaxIdlePerEndpoint bounds pooled idle connections per endpoint.
 	// Default 256 (Go's default of 2 starves a proxy).
 	MaxIdlePerEndpoint int `yaml:"max_idle_per_endpoint"`
+	// CircuitBreaker configures per-endpoint breakers (on by default).
+	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker"`
+	// Outlier configures outlier ejection (on by default).
+	Outlier Outlier `yaml:"outlier"`
+	// HealthCheck configures active health checks (off by default).
+	HealthCheck HealthCheck `yaml:"health_check"`
+	// Retries configures retries (on by default for connect failures,
+	// resets and 503, within a budget).
+	Retries Retries `yaml:"retries"`
 }
 
 // Endpoint is a static upstream endpoint.
@@ -184,6 +198,10 @@ func (u *Upstream) setDefaults() {
 		Timeout:            DefaultUpstreamTimeout,
 		ConnectTimeout:     DefaultConnectTimeout,
 		MaxIdlePerEndpoint: DefaultMaxIdlePerEndpoint,
+		CircuitBreaker:     defaultCircuitBreaker(),
+		Outlier:            defaultOutlier(),
+		HealthCheck:        defaultHealthCheck(),
+		Retries:            defaultRetries(),
 	}
 }
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -259,6 +260,13 @@ func (d *decoder) decodeScalar(value string, pos Position, v reflect.Value, path
 			return false
 		}
 		v.SetInt(i)
+	case v.Kind() == reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			d.fail(pos, path, "expected a number, got %s", quote(s))
+			return false
+		}
+		v.SetFloat(f)
 	case v.Kind() == reflect.Bool:
 		switch s {
 		case "true", "True", "TRUE":

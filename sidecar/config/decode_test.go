@@ -69,7 +69,7 @@ func TestSuggest(t *testing.T) {
 		"Balancer":       "balancer",
 		"endpoint":       "endpoints",
 		"connect-timout": "connect_timeout",
-		"retries":        "",
+		"redirects":      "",
 		"x":              "",
 	} {
 		got := suggest(key, fields)

@@ -139,6 +139,10 @@ upstreams:
 			ConnectTimeout:     DefaultConnectTimeout,
 			IdleTimeout:        idle,
 			MaxIdlePerEndpoint: DefaultMaxIdlePerEndpoint,
+			CircuitBreaker:     defaultCircuitBreaker(),
+			Outlier:            defaultOutlier(),
+			HealthCheck:        defaultHealthCheck(),
+			Retries:            defaultRetries(),
 		}
 	}
 	want := Default()

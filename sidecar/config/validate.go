@@ -226,6 +226,7 @@ func (v *validator) upstream(i int, u *Upstream) {
 	if u.MaxIdlePerEndpoint < 0 {
 		v.errorf(path+".max_idle_per_endpoint", "must not be negative, got %d", u.MaxIdlePerEndpoint)
 	}
+	v.resilience(path, u)
 }
 
 // name checks a service name and reports whether it is valid.
