@@ -70,7 +70,7 @@ func classify(ctx context.Context, err error) ErrorKind {
 	if errors.Is(err, balancer.ErrNoEndpoints) {
 		return KindNoEndpoints
 	}
-	if errors.Is(context.Cause(ctx), errTimeout) {
+	if cause := context.Cause(ctx); errors.Is(cause, errTimeout) || errors.Is(cause, errPerTryTimeout) {
 		return KindTimeout
 	}
 	var op *net.OpError

@@ -25,17 +25,19 @@ func setForwarded(pr *httputil.ProxyRequest, trusted []netip.Prefix) {
 		ip = clientIP.String()
 	}
 	if clientIP.IsValid() && isTrusted(clientIP, trusted) {
+		// pr.In still has the headers its Connection header names; they
+		// are hop-by-hop, meant for this proxy only, so never carried on.
 		in := pr.In.Header
-		if prior := in.Values("X-Forwarded-For"); len(prior) > 0 {
+		if prior := in.Values("X-Forwarded-For"); len(prior) > 0 && !inConnection(in, "X-Forwarded-For") {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
-		if v := in.Get("X-Forwarded-Host"); v != "" {
+		if v := in.Get("X-Forwarded-Host"); v != "" && !inConnection(in, "X-Forwarded-Host") {
 			host = v
 		}
-		if v := in.Get("X-Forwarded-Proto"); v != "" {
+		if v := in.Get("X-Forwarded-Proto"); v != "" && !inConnection(in, "X-Forwarded-Proto") {
 			proto = v
 		}
-		if v := in.Values("Forwarded"); len(v) > 0 {
+		if v := in.Values("Forwarded"); len(v) > 0 && !inConnection(in, "Forwarded") {
 			pr.Out.Header["Forwarded"] = v
 		}
 	}
@@ -45,6 +47,19 @@ func setForwarded(pr *httputil.ProxyRequest, trusted []netip.Prefix) {
 	}
 	h["X-Forwarded-Host"] = []string{host}
 	h["X-Forwarded-Proto"] = []string{proto}
+}
+
+// inConnection reports whether h's Connection header names the field name,
+// which makes that field hop-by-hop (RFC 9110, section 7.6.1).
+func inConnection(h http.Header, name string) bool {
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
@@ -59,4 +74,13 @@ func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
 // isUpgrade reports whether r asks to switch protocols (WebSocket).
 func isUpgrade(h http.Header) bool {
 	return h.Get("Upgrade") != ""
+}
+
+// upgradeType returns the protocol a request or 101 response switches to,
+// "" when its Connection header does not say "Upgrade".
+func upgradeType(h http.Header) string {
+	if !inConnection(h, "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
 }

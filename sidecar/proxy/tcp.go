@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -182,7 +183,11 @@ func (p *TCPProxy) serve(s *tcpSession) {
 		return
 	}
 	log := p.logger().With("upstream", t.Name, "client", s.client.RemoteAddr().String())
-	pick, err := t.Picker.Pick(nil)
+	var client netip.Addr
+	if ta, ok := s.client.RemoteAddr().(*net.TCPAddr); ok {
+		client = ta.AddrPort().Addr().Unmap()
+	}
+	pick, err := t.Picker.Pick(balancer.Request{Client: client})
 	if err != nil {
 		log.Warn("tcp: no endpoint", "err", err)
 		return
@@ -210,22 +215,48 @@ func (p *TCPProxy) serve(s *tcpSession) {
 	s.mu.Unlock()
 
 	s.last.Store(time.Now().UnixNano())
-	errc := make(chan error, 2)
-	go func() { errc <- s.pipe(up, s.client, t.IdleTimeout) }()
-	go func() { errc <- s.pipe(s.client, up, t.IdleTimeout) }()
+	// Each copy reports the error that ended it and whether the endpoint
+	// caused it (reading from it or writing to it failed). The client
+	// hanging up, the idle timeout and Shutdown are not the endpoint's
+	// failures and must not count against it.
+	type end struct {
+		err      error
+		endpoint bool
+	}
+	ends := make(chan end, 2)
+	go func() {
+		onWrite, err := s.pipe(up, s.client, t.IdleTimeout)
+		ends <- end{err, onWrite}
+	}()
+	go func() {
+		onWrite, err := s.pipe(s.client, up, t.IdleTimeout)
+		ends <- end{err, !onWrite}
+	}()
 	for range 2 {
-		if err := <-errc; err != nil && res.Err == nil {
-			res.Err = err
-			s.close() // one side broke: tear down the other
+		e := <-ends
+		if e.err == nil {
+			continue
 		}
+		s.mu.Lock()
+		torn := s.closed // by the other copy's error or by Shutdown
+		s.mu.Unlock()
+		if torn {
+			continue
+		}
+		if e.endpoint && !errors.Is(e.err, errIdle) {
+			res.Err = e.err
+		}
+		s.close() // one side broke: tear down the other
 	}
 }
 
 // pipe copies src to dst until src ends, then half-closes dst so the peer
 // sees the end of the stream while the other direction carries on. With
 // an idle timeout, reads wake up periodically and give up only when
-// neither direction has moved a byte for that long.
-func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) error {
+// neither direction has moved a byte for that long. It returns the error
+// that ended the copy, if any, and whether it was writing to dst (rather
+// than reading from src) that failed.
+func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) (onWrite bool, err error) {
 	buf := sharedBuffers.Get()
 	defer sharedBuffers.Put(buf)
 	for {
@@ -236,7 +267,7 @@ func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) error {
 		if n > 0 {
 			s.last.Store(time.Now().UnixNano())
 			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
+				return true, werr
 			}
 		}
 		if err != nil {
@@ -244,15 +275,15 @@ func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) error {
 				if time.Since(time.Unix(0, s.last.Load())) < idle {
 					continue // the other direction is busy
 				}
-				return errIdle
+				return false, errIdle
 			}
 			if errors.Is(err, io.EOF) {
 				if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 					cw.CloseWrite()
 				}
-				return nil
+				return false, nil
 			}
-			return err
+			return false, err
 		}
 	}
 }

@@ -1,0 +1,4 @@
+package proxy
+
+// NewRequestID exposes newRequestID to the external tests and benchmarks.
+var NewRequestID = newRequestID
