@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/breaker"
 	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/health"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
 )
 
@@ -38,8 +41,9 @@ type transportKey struct {
 type upstream struct {
 	cfg config.Upstream
 
-	bal *balancer.Balancer
-	w   *watch
+	bal    *balancer.Balancer
+	w      *watch
+	health *healthRun // nil when health checks are off
 
 	tkey      transportKey
 	transport *http.Transport
@@ -61,7 +65,162 @@ func localUpstream(svc *config.Service) config.Upstream {
 		ConnectTimeout:     config.DefaultConnectTimeout,
 		IdleTimeout:        config.DefaultPoolIdleTimeout,
 		MaxIdlePerEndpoint: config.DefaultMaxIdlePerEndpoint,
+		// One endpoint and a caller that retries and balances on its own
+		// side: breakers, ejection and retries here would only add delay
+		// and multiply load.
+		CircuitBreaker: config.CircuitBreaker{Enabled: false},
+		Outlier:        config.Outlier{Enabled: false},
+		Retries:        config.Retries{Attempts: 0},
 	}
+}
+
+// balancerKey holds the settings a balancer depends on; an upstream whose
+// key is unchanged across a reload keeps its balancer and so the state of
+// its endpoints (in-flight, latency, breakers, ejections).
+type balancerKey struct {
+	Policy  string
+	HashOn  string
+	Breaker config.CircuitBreaker
+	Outlier config.Outlier
+}
+
+func keyOf(cfg config.Upstream) balancerKey {
+	return balancerKey{cfg.Balancer, cfg.HashOn, cfg.CircuitBreaker, cfg.Outlier}
+}
+
+// newBalancer builds the balancer cfg asks for; its events are logged.
+func newBalancer(cfg config.Upstream, log *slog.Logger) *balancer.Balancer {
+	policy, err := balancer.NewPolicy(cfg.Balancer, balancer.PolicyOptions{HashOn: cfg.HashOn})
+	if err != nil { // validated by config
+		log.Error("balancer", "err", err)
+		policy = balancer.RoundRobin{}
+	}
+	opts := balancer.Options{OnEvent: func(ev balancer.Event) { logEvent(log, ev) }}
+	if cb := cfg.CircuitBreaker; cb.Enabled {
+		opts.Breaker = &breaker.Settings{
+			ConsecutiveFailures: uint32(cb.ConsecutiveFailures),
+			FailureRatio:        cb.FailureRatio,
+			MinRequests:         uint32(cb.MinRequests),
+			Interval:            cb.Interval,
+			OpenTimeout:         cb.OpenTimeout,
+			HalfOpenRequests:    uint32(cb.HalfOpenRequests),
+			FailureStatuses:     cb.FailureStatuses,
+		}
+	}
+	if o := cfg.Outlier; o.Enabled {
+		opts.Outlier = &breaker.OutlierSettings{
+			Consecutive5xx:           o.Consecutive5xx,
+			ConsecutiveGatewayErrors: o.ConsecutiveGatewayErrors,
+			BaseEjection:             o.BaseEjection,
+			MaxEjection:              o.MaxEjection,
+			MaxEjectionPercent:       o.MaxEjectionPercent,
+		}
+	}
+	return balancer.New(cfg.Service, policy, opts)
+}
+
+// logEvent logs a change in an endpoint's availability; losing an
+// endpoint is a warning, getting it back is news.
+func logEvent(log *slog.Logger, ev balancer.Event) {
+	level := slog.LevelInfo
+	switch ev.Kind {
+	case balancer.BreakerOpened, balancer.Ejected, balancer.Unhealthy:
+		level = slog.LevelWarn
+	}
+	attrs := []any{"endpoint", ev.Endpoint, "event", string(ev.Kind)}
+	if !ev.Until.IsZero() {
+		attrs = append(attrs, "until", ev.Until.Format(time.RFC3339))
+	}
+	log.Log(context.Background(), level, "endpoint availability changed", attrs...)
+}
+
+// retryPolicy turns the retries section into the proxy's policy.
+func retryPolicy(r config.Retries) proxy.RetryPolicy {
+	p := proxy.RetryPolicy{
+		Attempts:      r.Attempts,
+		PerTryTimeout: r.PerTryTimeout,
+		NonIdempotent: r.NonIdempotent,
+		BufferBytes:   r.BufferBytes,
+		Backoff:       r.Backoff,
+	}
+	for _, cond := range r.On {
+		switch cond {
+		case config.RetryConnectFailure:
+			p.OnConnectFailure = true
+		case config.RetryReset:
+			p.OnReset = true
+		case config.RetryTimeout:
+			p.OnTimeout = true
+		case config.Retry5xx:
+			for code := 500; code < 600; code++ {
+				p.Statuses.Add(code)
+			}
+		case config.RetryGatewayError:
+			p.Statuses.Add(502)
+			p.Statuses.Add(503)
+			p.Statuses.Add(504)
+		default:
+			code, _ := strconv.Atoi(cond) // validated by config
+			p.Statuses.Add(code)
+		}
+	}
+	if r.Attempts > 0 {
+		p.Budget = proxy.NewRetryBudget(r.Budget, r.MinRetriesPerSecond)
+	}
+	return p
+}
+
+// healthRun is a running active health checker.
+type healthRun struct {
+	settings config.HealthCheck
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+func (h *healthRun) settingsOrZero() config.HealthCheck {
+	if h == nil {
+		return config.HealthCheck{}
+	}
+	return h.settings
+}
+
+func (h *healthRun) stop() {
+	if h != nil {
+		h.cancel()
+		<-h.done
+	}
+}
+
+// startHealth starts active checks of bal's endpoints, if cfg asks for them.
+func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balancer, log *slog.Logger) *healthRun {
+	hc := cfg.HealthCheck
+	if !hc.Enabled() {
+		return nil
+	}
+	checker := health.New(health.Settings{
+		Path:               hc.Path,
+		TCP:                hc.TCP,
+		Host:               cfg.Service,
+		HTTP2:              config.HTTP2(cfg.Protocol),
+		Interval:           hc.Interval,
+		Timeout:            hc.Timeout,
+		HealthyThreshold:   hc.HealthyThreshold,
+		UnhealthyThreshold: hc.UnhealthyThreshold,
+	}, func() []health.Target {
+		eps := bal.Endpoints()
+		targets := make([]health.Target, len(eps))
+		for i, ep := range eps {
+			targets[i] = health.Target{ID: ep.ID, Addr: ep.Addr}
+		}
+		return targets
+	}, bal.SetHealthy, log)
+	hctx, cancel := context.WithCancel(ctx)
+	h := &healthRun{settings: hc, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		checker.Run(hctx)
+	}()
+	return h
 }
 
 // buildUpstream makes the state for cfg, reusing from old (which may be
@@ -71,11 +230,15 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trus
 	proxyLog := log // the proxy names the upstream in its own log lines
 	log = log.With("upstream", cfg.Service)
 
-	if old != nil && old.cfg.Balancer == cfg.Balancer {
+	if old != nil && reflect.DeepEqual(keyOf(old.cfg), keyOf(cfg)) {
 		u.bal = old.bal
 	} else {
-		policy, _ := balancer.Lookup(cfg.Balancer) // validated by config
-		u.bal = balancer.New(cfg.Service, policy)
+		u.bal = newBalancer(cfg, log)
+	}
+	if old != nil && old.bal == u.bal && reflect.DeepEqual(old.health.settingsOrZero(), cfg.HealthCheck) {
+		u.health = old.health
+	} else {
+		u.health = startHealth(ctx, cfg, u.bal, log)
 	}
 	switch {
 	case old != nil && u.bal == old.bal && slices.Equal(old.w.endpoints, cfg.Endpoints):
@@ -126,6 +289,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trus
 			Transport:        u.transport,
 			UpgradeTransport: u.upgrade,
 			Timeout:          cfg.Timeout,
+			Retry:            retryPolicy(cfg.Retries),
 			TrustedProxies:   trusted,
 			Logger:           proxyLog,
 		})
@@ -190,6 +354,9 @@ func startWatch(ctx context.Context, bal *balancer.Balancer, cfg config.Upstream
 func (u *upstream) retire(next *upstream) {
 	if next == nil || next.w != u.w {
 		u.w.cancel()
+	}
+	if next == nil || next.health != u.health {
+		u.health.stop()
 	}
 	if u.transport != nil && (next == nil || next.transport != u.transport) {
 		u.transport.CloseIdleConnections()
