@@ -19,9 +19,13 @@ type replayBody struct {
 	stream   *onceBody
 }
 
+// noBody is the replayBody of every request without a body; it is
+// immutable, so one value serves all.
+var noBody = &replayBody{none: true}
+
 func newReplayBody(req *http.Request, p *RetryPolicy) (*replayBody, error) {
 	if req.Body == nil || req.Body == http.NoBody {
-		return &replayBody{none: true}, nil
+		return noBody, nil
 	}
 	if p.Attempts > 0 && req.ContentLength > 0 && req.ContentLength <= int64(p.BufferBytes) {
 		buf := make([]byte, req.ContentLength)
