@@ -18,8 +18,11 @@ FUZZTIME ?= 30s
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sidemesh
 
+# The demo is built, not run with `go run`, so that Ctrl-C reaches it
+# directly and it can stop its children cleanly.
 demo: build
-	$(GO) run ./examples/demo -sidemesh $(BIN)
+	$(GO) build -o bin/demo ./examples/demo
+	bin/demo -sidemesh $(BIN)
 
 vet:
 	$(GO) vet ./...
