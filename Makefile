@@ -1,7 +1,8 @@
 # sidemesh — build, demo, test.
 #
 #   make demo    build the binary and run a small mesh on loopback (Ctrl-C stops it)
-#   make test    go vet and every test, with the race detector (what CI runs)
+#   make test    go vet and every test, with the race detector (what CI runs);
+#                builds the pinned Consul the integration tests start, once
 #   make bench   the Go benchmarks
 #   make fuzz    each fuzz target for FUZZTIME (default 30s)
 #   make image   a Docker image FROM scratch around the static binary
@@ -12,7 +13,12 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: build demo test vet bench fuzz image clean
+# Consul for the integration tests: built from the version pinned in
+# deploy/tools/go.mod (a separate module, so its dependencies stay out of
+# sidemesh's), once, into a cache folder. Cold, it takes a few minutes.
+CONSUL   := .cache/bin/consul
+
+.PHONY: build demo test vet bench fuzz image consul clean
 
 # A single static binary: no cgo, no libc.
 build:
@@ -27,8 +33,14 @@ demo: build
 vet:
 	$(GO) vet ./...
 
-test: vet
-	$(GO) test -race -timeout 20m ./...
+test: vet consul
+	SIDEMESH_CONSUL=$(abspath $(CONSUL)) $(GO) test -race -timeout 20m ./...
+
+consul: $(CONSUL)
+
+$(CONSUL): deploy/tools/go.mod deploy/tools/go.sum
+	mkdir -p $(dir $(CONSUL))
+	cd deploy/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(abspath $(CONSUL)) github.com/hashicorp/consul
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
