@@ -28,6 +28,9 @@ type Config struct {
 	// DrainTimeout bounds how long SIGTERM waits for in-flight requests
 	// and open connections before closing them. Default 15s.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Discovery configures the discovery backends: Consul, gossip, both
+	// or neither (static endpoints only).
+	Discovery Discovery `yaml:"discovery"`
 	// Log configures the process log.
 	Log Log `yaml:"log"`
 
@@ -51,6 +54,35 @@ type Service struct {
 	Protocol string `yaml:"protocol"`
 	// Weight is the share of traffic this instance asks for. Default 1.
 	Weight int `yaml:"weight"`
+	// ID identifies this instance in Consul and gossip. Default
+	// "<name>-<advertise host>-<advertise port>".
+	ID string `yaml:"id"`
+	// Advertise is the "host:port" other sidecars reach the inbound
+	// listener at. Default: the inbound listen address, with an
+	// unspecified host (0.0.0.0, ::) replaced by this host's first
+	// non-loopback address.
+	Advertise string `yaml:"advertise"`
+	// Tags and Meta are published with the instance.
+	Tags []string          `yaml:"tags"`
+	Meta map[string]string `yaml:"meta"`
+	// Zone is the instance's locality, published with it.
+	Zone string `yaml:"zone"`
+	// Health checks the local app: Consul runs the check itself, gossip
+	// publishes the instance as unhealthy while it fails.
+	Health ServiceHealth `yaml:"health"`
+}
+
+// ServiceHealth configures the check of the local app. Without HTTP or
+// TCP, gossip takes the app as healthy and Consul checks a TCP connect.
+type ServiceHealth struct {
+	// HTTP is a path to GET on the app; 2xx and 3xx pass.
+	HTTP string `yaml:"http"`
+	// TCP checks a TCP connect to the app instead.
+	TCP bool `yaml:"tcp"`
+	// Interval between checks. Default 10s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout bounds one check. Default 2s.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // Listener configures one server.
@@ -86,6 +118,12 @@ type Upstream struct {
 	// Endpoints are static endpoints; an upstream needs them unless a
 	// discovery source provides its endpoints.
 	Endpoints []Endpoint `yaml:"endpoints"`
+	// Source says where the endpoints come from: static, consul or
+	// gossip. Default: static when endpoints are given, else every
+	// discovery backend configured (their endpoints merged).
+	Source string `yaml:"source"`
+	// Consul refines Consul discovery for this upstream.
+	Consul UpstreamConsul `yaml:"consul"`
 	// Timeout bounds the wait for a response's headers, over all tries.
 	// Streaming bodies and upgraded connections are not cut by it.
 	// Default 15s; 0 disables it.
@@ -186,7 +224,12 @@ func defaultListener(addr string) Listener {
 
 // setDefaults fills a Service the file is about to overlay.
 func (s *Service) setDefaults() {
-	*s = Service{Address: DefaultServiceAddress, Protocol: ProtocolHTTP, Weight: 1}
+	*s = Service{
+		Address:  DefaultServiceAddress,
+		Protocol: ProtocolHTTP,
+		Weight:   1,
+		Health:   ServiceHealth{Interval: 10 * time.Second, Timeout: 2 * time.Second},
+	}
 }
 
 // setDefaults fills an Upstream the file is about to overlay. IdleTimeout
@@ -202,6 +245,7 @@ func (u *Upstream) setDefaults() {
 		Outlier:            defaultOutlier(),
 		HealthCheck:        defaultHealthCheck(),
 		Retries:            defaultRetries(),
+		Consul:             UpstreamConsul{Mesh: true},
 	}
 }
 

@@ -88,6 +88,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		d.decodeStruct(n, v, path)
+	case v.Kind() == reflect.Map:
+		if !d.expect(n, pos, yaml.MappingNode, path) {
+			return
+		}
+		d.decodeMap(n, v, path)
 	case v.Kind() == reflect.Slice:
 		if !d.expect(n, pos, yaml.SequenceNode, path) {
 			return
@@ -107,6 +112,30 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	if path != "" {
 		d.positions[path] = pos
 	}
+}
+
+// decodeMap decodes a mapping into a map[string]T: keys are scalars and
+// are not expanded; a key written twice is an error at the second.
+func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
+	m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
+	seen := make(map[string]bool, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		kpos := Position{k.Line, k.Column}
+		if k.Kind != yaml.ScalarNode {
+			d.errorf(kpos, path, "keys must be strings")
+			continue
+		}
+		if seen[k.Value] {
+			d.errorf(kpos, path, "duplicate key %s", quote(k.Value))
+			continue
+		}
+		seen[k.Value] = true
+		elem := newDefault(v.Type().Elem())
+		d.decode(val, elem, join(path, k.Value))
+		m.SetMapIndex(reflect.ValueOf(k.Value), elem)
+	}
+	v.Set(m)
 }
 
 // newDefault returns a new addressable value of type t, with its defaults

@@ -143,10 +143,12 @@ upstreams:
 			Outlier:            defaultOutlier(),
 			HealthCheck:        defaultHealthCheck(),
 			Retries:            defaultRetries(),
+			Consul:             UpstreamConsul{Mesh: true},
 		}
 	}
 	want := Default()
-	want.Service = &Service{Name: "cart", Address: "127.0.0.1", Port: 8080, Protocol: "http", Weight: 1}
+	want.Service = &Service{Name: "cart", Address: "127.0.0.1", Port: 8080, Protocol: "http", Weight: 1,
+		Health: ServiceHealth{Interval: 10 * time.Second, Timeout: 2 * time.Second}}
 	want.Upstreams = []Upstream{
 		upstream("web", "http", DefaultPoolIdleTimeout, Endpoint{Address: "127.0.0.1:1", Weight: 1}),
 		upstream("db", "tcp", DefaultTCPIdleTimeout, Endpoint{Address: "127.0.0.1:2", Weight: 5}),

@@ -72,6 +72,7 @@ func (c *Config) validate() ErrorList {
 	for i := range c.Upstreams {
 		v.upstream(i, &c.Upstreams[i])
 	}
+	v.discovery(&c.Discovery)
 	v.duplicateBinds()
 	for i, s := range c.TrustedProxies {
 		if _, err := parsePrefix(s); err != nil {
@@ -112,6 +113,7 @@ func (v *validator) service(s *Service) {
 	}
 	v.oneOf("service.protocol", "protocol", s.Protocol, protocols)
 	v.weight("service.weight", s.Weight)
+	v.serviceDiscovery(s)
 }
 
 // listener checks l; binds says whether its address is in use, to be
@@ -201,9 +203,7 @@ func (v *validator) upstream(i int, u *Upstream) {
 		v.errorf(path+".protocol", "protocol tcp requires a listen address")
 	}
 	v.oneOf(path+".balancer", "balancer", u.Balancer, balancer.Names())
-	if len(u.Endpoints) == 0 {
-		v.errorf(path+".endpoints", "upstream %s has no endpoints and no discovery source", quote(u.Service))
-	}
+	v.upstreamSource(path, u)
 	seen := make(map[string]string, len(u.Endpoints))
 	for j, e := range u.Endpoints {
 		ep := fmt.Sprintf("%s.endpoints[%d]", path, j)
