@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
 )
@@ -34,6 +36,7 @@ type Sidecar struct {
 
 	mu        sync.Mutex // serialises Start, Reload, Shutdown; guards below
 	cfg       *config.Config
+	backends  *backends
 	upstreams map[string]*upstream
 	local     *upstream
 	sockets   map[string]*socket // by address
@@ -69,7 +72,15 @@ func (s *Sidecar) Start(ctx context.Context) error {
 	if s.started {
 		return errors.New("sidecar: already started")
 	}
+	b, err := startBackends(s.cfg, s.log)
+	if err != nil {
+		return err
+	}
+	s.backends = b
 	if err := s.apply(ctx, s.cfg); err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+		defer cancel()
+		b.stop(sctx)
 		return err
 	}
 	s.started = true
@@ -121,6 +132,9 @@ func (s *Sidecar) Reload(ctx context.Context, cfg *config.Config) error {
 
 // apply makes the running state match cfg. Called with s.mu held.
 func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
+	if err := s.backends.compatible(cfg); err != nil {
+		return err
+	}
 	specs := listenerSpecs(cfg)
 
 	// 1. Bind new addresses first: the only step that can fail.
@@ -142,9 +156,10 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 
 	// 2. Upstreams, reusing what is unchanged.
 	trusted := cfg.TrustedPrefixes()
+	sources := func(u config.Upstream) (discovery.Source, sourceKey) { return s.backends.source(cfg, u) }
 	next := make(map[string]*upstream, len(cfg.Upstreams))
 	for _, uc := range cfg.Upstreams {
-		next[uc.Service] = buildUpstream(s.life, uc, s.upstreams[uc.Service], trusted, s.log)
+		next[uc.Service] = buildUpstream(s.life, uc, s.upstreams[uc.Service], sources, trusted, s.log)
 	}
 	var local *upstream
 	if cfg.Service != nil {
@@ -152,8 +167,9 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		if s.local != nil && s.local.cfg.Service == cfg.Service.Name {
 			old = s.local
 		}
-		local = buildUpstream(s.life, localUpstream(cfg.Service), old, trusted, s.log.With("role", roleInbound))
+		local = buildUpstream(s.life, localUpstream(cfg.Service), old, sources, trusted, s.log.With("role", roleInbound))
 	}
+	waitFirst(next, s.log)
 	s.routes.Store(newRouteTable(next, local))
 	for name, old := range s.upstreams {
 		old.retire(next[name])
@@ -162,6 +178,9 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		s.local.retire(local)
 	}
 	s.upstreams, s.local = next, local
+	if s.started && serviceChanged(s.cfg, cfg) {
+		s.backends.publish(cfg)
+	}
 
 	// 3. Servers: keep the unchanged, start the new, drain the replaced.
 	for addr, spec := range specs {
@@ -187,6 +206,17 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		s.drainInBackground(old, cfg.DrainTimeout)
 	}
 	return nil
+}
+
+// serviceChanged reports whether what the backends publish about the
+// local service differs between two configs.
+func serviceChanged(old, next *config.Config) bool {
+	if old.Service == nil || next.Service == nil {
+		return old.Service != next.Service
+	}
+	return !reflect.DeepEqual(instance(old), instance(next)) ||
+		!reflect.DeepEqual(old.Service.Health, next.Service.Health) ||
+		old.Service.Address != next.Service.Address || old.Service.Port != next.Service.Port
 }
 
 // drainInBackground shuts srv down gracefully without holding up a reload.
@@ -244,6 +274,10 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 		return
 	}
 	s.stopped = true
+	// Withdraw from discovery first, so peers stop choosing this sidecar
+	// while it drains; a peer that still does gets a refused connection,
+	// which it retries elsewhere.
+	s.backends.stop(ctx)
 	for _, sock := range s.sockets {
 		sock.ln.Close() // refuse new connections at once, on every address
 	}

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"reflect"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -225,7 +224,7 @@ func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balance
 
 // buildUpstream makes the state for cfg, reusing from old (which may be
 // nil) the balancer, watch and transports whose settings did not change.
-func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trusted []netip.Prefix, log *slog.Logger) *upstream {
+func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sources sourceFunc, trusted []netip.Prefix, log *slog.Logger) *upstream {
 	u := &upstream{cfg: cfg}
 	proxyLog := log // the proxy names the upstream in its own log lines
 	log = log.With("upstream", cfg.Service)
@@ -240,16 +239,17 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trus
 	} else {
 		u.health = startHealth(ctx, cfg, u.bal, log)
 	}
+	src, key := sources(cfg)
 	switch {
-	case old != nil && u.bal == old.bal && slices.Equal(old.w.endpoints, cfg.Endpoints):
+	case old != nil && u.bal == old.bal && reflect.DeepEqual(old.w.key, key):
 		u.w = old.w
 	case old != nil && u.bal == old.bal:
-		// Same balancer, new endpoints: stop the old feed first so a late
+		// Same balancer, new source: stop the old feed first so a late
 		// snapshot from it cannot overwrite the new one.
 		old.w.cancel()
-		u.w = startWatch(ctx, u.bal, cfg, log)
+		u.w = startWatch(ctx, u.bal, src, key, cfg.Service, log)
 	default:
-		u.w = startWatch(ctx, u.bal, cfg, log)
+		u.w = startWatch(ctx, u.bal, src, key, cfg.Service, log)
 	}
 
 	u.tkey = transportKey{
@@ -300,52 +300,82 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, trus
 // watch is a running discovery feed into a balancer.
 type watch struct {
 	cancel context.CancelFunc
-	// endpoints are the static endpoints being served, to tell on reload
-	// whether the watch must restart.
-	endpoints []config.Endpoint
+	// key describes the source, to tell on reload whether the watch must
+	// restart.
+	key sourceKey
+	// first is closed when the first snapshot has reached the balancer.
+	first chan struct{}
 }
 
-// startWatch feeds bal from a static source over cfg's endpoints, and
-// waits (bounded) for the first snapshot so the upstream can serve as soon
-// as it is published.
-func startWatch(ctx context.Context, bal *balancer.Balancer, cfg config.Upstream, log *slog.Logger) *watch {
-	eps := make([]discovery.Endpoint, 0, len(cfg.Endpoints))
-	for _, e := range cfg.Endpoints {
-		host, port, err := splitHostPort(e.Address)
-		if err != nil {
-			log.Error("bad endpoint address", "address", e.Address, "err", err) // validated by config
-			continue
-		}
-		eps = append(eps, discovery.Endpoint{Address: host, Port: port, Weight: e.Weight, Zone: e.Zone})
-	}
-	src := discovery.NewStatic(map[string][]discovery.Endpoint{cfg.Service: eps})
+// sourceKey holds what an upstream's discovery feed depends on.
+type sourceKey struct {
+	Sources   []string
+	Endpoints []config.Endpoint
+	Consul    config.UpstreamConsul
+}
 
+// sourceFunc returns the discovery source of an upstream and its key.
+type sourceFunc func(config.Upstream) (discovery.Source, sourceKey)
+
+// startWatch feeds bal from src. It does not wait for the first
+// snapshot; see waitFirst.
+func startWatch(ctx context.Context, bal *balancer.Balancer, src discovery.Source, key sourceKey, service string, log *slog.Logger) *watch {
 	wctx, cancel := context.WithCancel(ctx)
-	w := &watch{cancel: cancel, endpoints: slices.Clone(cfg.Endpoints)}
-	ch, err := src.Watch(wctx, cfg.Service)
+	w := &watch{cancel: cancel, key: key, first: make(chan struct{})}
+	ch, err := src.Watch(wctx, service)
 	if err != nil {
-		log.Error("discovery watch failed", "err", err)
+		log.Error("discovery watch failed; no endpoints", "err", err)
 		return w
 	}
-	first := make(chan struct{})
 	go func() {
 		got := false
 		for snap := range ch {
 			bal.Update(snap)
 			if !got {
 				got = true
-				close(first)
+				close(w.first)
 			}
 		}
 	}()
+	return w
+}
+
+// waitFirst waits until every upstream's watch has delivered its first
+// snapshot, for at most initialFetchTimeout in all, so that a sidecar
+// serves with endpoints from its first request, yet starts (answering
+// 503 for the rest) when a backend such as Consul is down.
+func waitFirst(ups map[string]*upstream, log *slog.Logger) {
 	timer := time.NewTimer(initialFetchTimeout)
 	defer timer.Stop()
-	select {
-	case <-first:
-	case <-timer.C:
-		log.Warn("no endpoints yet; answering 503 until discovery delivers some", "waited", initialFetchTimeout)
+	for name, u := range ups {
+		select {
+		case <-u.w.first:
+		case <-timer.C:
+			for name, u := range ups {
+				select {
+				case <-u.w.first:
+				default:
+					log.Warn("no endpoints yet; answering 503 until discovery delivers some",
+						"upstream", name, "waited", initialFetchTimeout)
+				}
+			}
+			return
+		}
+		_ = name
 	}
-	return w
+}
+
+// staticSource returns the static source over an upstream's endpoints.
+func staticSource(u config.Upstream) discovery.Source {
+	eps := make([]discovery.Endpoint, 0, len(u.Endpoints))
+	for _, e := range u.Endpoints {
+		host, port, err := splitHostPort(e.Address)
+		if err != nil {
+			continue // validated by config
+		}
+		eps = append(eps, discovery.Endpoint{Address: host, Port: port, Weight: e.Weight, Zone: e.Zone})
+	}
+	return discovery.NewStatic(map[string][]discovery.Endpoint{u.Service: eps})
 }
 
 // retire releases what a replaced upstream holds that its successor (nil

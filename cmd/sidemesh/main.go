@@ -2,6 +2,7 @@
 //
 //	sidemesh run -c sidemesh.yaml        # serve, as the config says
 //	sidemesh validate -c sidemesh.yaml   # check a config and exit
+//	sidemesh keygen                      # print a new gossip encryption key
 //	sidemesh version
 //
 // Exit codes: 0 success, 1 a bad config or a runtime failure, 2 bad usage.
@@ -19,6 +20,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/sidemesh/sidemesh/discovery/gossip"
 	"github.com/sidemesh/sidemesh/sidecar"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/telemetry"
@@ -43,6 +45,7 @@ const usage = `usage: sidemesh <command> [flags]
 commands:
   run -c FILE        run the sidecar described by FILE
   validate -c FILE   check FILE and report every problem as file:line:col: message
+  keygen             print a new gossip encryption key (save it to the key_file)
   version            print the version
 `
 
@@ -57,6 +60,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
+	case "keygen":
+		if len(args) > 1 {
+			fmt.Fprintln(stderr, "usage: sidemesh keygen")
+			return exitUsage
+		}
+		key, err := gossip.GenerateKey()
+		if err != nil {
+			fmt.Fprintln(stderr, "sidemesh:", err)
+			return exitFailure
+		}
+		fmt.Fprintln(stdout, key)
+		return exitOK
 	case "version":
 		fmt.Fprintln(stdout, "sidemesh", buildVersion())
 		return exitOK

@@ -1,0 +1,82 @@
+package sidecar
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/sidemesh/sidemesh/discovery/consul/consultest"
+)
+
+// meshService starts a backend app answering with name and a sidecar in
+// front of it registered in Consul, and returns the sidecar.
+func meshService(t *testing.T, agent *consultest.Agent, service, name string) *Sidecar {
+	t.Helper()
+	app := newControlledBackend(t, name)
+	_, port, _ := net.SplitHostPort(app.addr)
+	in := freeAddr(t)
+	return start(t, parse(t, fmt.Sprintf(`
+service: { name: %s, id: %s, port: %s, health: { http: /, interval: 1s } }
+inbound: { listen: %s }
+outbound: { listen: %s }
+discovery:
+  consul: { address: %s }
+`, service, name, port, in, freeAddr(t), agent.URL())))
+}
+
+// TestConsulEndToEnd runs a request through two sidecars that found each
+// other through Consul, keeps serving from the last snapshot while the
+// agent is down, and resumes watching when it is back.
+func TestConsulEndToEnd(t *testing.T) {
+	agent := consultest.Start(t)
+	meshService(t, agent, "catalog", "catalog-1")
+
+	out := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+discovery:
+  consul: { address: %s }
+upstreams:
+  - service: catalog
+    retries: { attempts: 2, on: [connect_failure, reset, 502, 503] }
+`, out, agent.URL())))
+	client := newClient(t)
+
+	// The web sidecar finds catalog-1 once its registration is in the
+	// catalog and its checks pass.
+	waitForBody(t, client, out, "catalog", 30*time.Second, "catalog-1")
+
+	// Consul goes away: the last snapshot keeps serving.
+	agent.Stop()
+	for i := range 20 {
+		if code, body, err := get(client, out, "catalog"); err != nil || code != 200 || body != "catalog-1" {
+			t.Fatalf("request %d with consul down: %d %q %v", i, code, body, err)
+		}
+	}
+
+	// Consul comes back empty (a -dev agent keeps nothing): the catalog
+	// sidecar registers again by itself, the watch resumes, and a new
+	// instance started now is found too.
+	agent.Restart()
+	meshService(t, agent, "catalog", "catalog-2")
+	waitForBody(t, client, out, "catalog", 60*time.Second, "catalog-2")
+	waitForBody(t, client, out, "catalog", 30*time.Second, "catalog-1")
+}
+
+// waitForBody sends requests until one is answered 200 with want.
+func waitForBody(t *testing.T, client *http.Client, out, host string, d time.Duration, want string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var last string
+	for time.Now().Before(deadline) {
+		code, body, err := get(client, out, host)
+		if err == nil && code == 200 && body == want {
+			return
+		}
+		last = fmt.Sprintf("%d %q %v", code, body, err)
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no answer from %s via %s within %v; last: %s", want, host, d, last)
+}
