@@ -80,3 +80,32 @@ func waitForBody(t *testing.T, client *http.Client, out, host string, d time.Dur
 	}
 	t.Fatalf("no answer from %s via %s within %v; last: %s", want, host, d, last)
 }
+
+// TestConsulDownAtStart starts sidecars while the agent is down: they
+// start anyway (503 for the upstream, which has no endpoints yet), and fill
+// in once Consul is up.
+func TestConsulDownAtStart(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.Stop()
+
+	startedAt := time.Now()
+	meshService(t, agent, "catalog", "catalog-1")
+	out := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+discovery:
+  consul: { address: %s }
+upstreams:
+  - service: catalog
+`, out, agent.URL())))
+	if d := time.Since(startedAt); d > 15*time.Second {
+		t.Fatalf("starting two sidecars with consul down took %v", d)
+	}
+	client := newClient(t)
+	if code, _, err := get(client, out, "catalog"); err != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("with consul down: %d %v, want 503 (no endpoints yet)", code, err)
+	}
+
+	agent.Restart()
+	waitForBody(t, client, out, "catalog", 60*time.Second, "catalog-1")
+}
