@@ -12,8 +12,9 @@ import (
 // say what the demo means.
 func TestSidecarConfig(t *testing.T) {
 	m := mesh{
-		{name: "catalog-1", service: "catalog", app: 1001, inbound: 1002, outbound: 1003},
-		{name: "frontend", service: "frontend", app: 2001, inbound: 2002, outbound: 2003, endpoints: []int{1002, 3002}},
+		{name: "catalog-1", service: "catalog", app: 1001, inbound: 1002, outbound: 1003, gossip: 1004, keyFile: "/k"},
+		{name: "frontend", service: "frontend", app: 2001, inbound: 2002, outbound: 2003, gossip: 2004, seed: 1004,
+			calls: "catalog", keyFile: "/k"},
 	}
 	for _, in := range m {
 		var b strings.Builder
@@ -28,18 +29,24 @@ func TestSidecarConfig(t *testing.T) {
 			c.Inbound.Listen != addr(in.inbound) || c.Outbound.Listen != addr(in.outbound) {
 			t.Errorf("%s: got service %+v inbound %q outbound %q", in.name, c.Service, c.Inbound.Listen, c.Outbound.Listen)
 		}
-		var eps []string
-		for _, u := range c.Upstreams {
-			for _, e := range u.Endpoints {
-				eps = append(eps, u.Service+"="+e.Address)
-			}
+		g := c.Discovery.Gossip
+		if g == nil || g.Bind != addr(in.gossip) || g.KeyFile != "/k" || g.Insecure {
+			t.Fatalf("%s: gossip %+v, want an encrypted member on %s", in.name, g, addr(in.gossip))
+		}
+		if in.seed != 0 && (len(g.Join) != 1 || g.Join[0] != addr(in.seed)) {
+			t.Errorf("%s: join %v, want the seed %s", in.name, g.Join, addr(in.seed))
+		}
+		var ups []string
+		for i := range c.Upstreams {
+			u := &c.Upstreams[i]
+			ups = append(ups, u.Service+"="+strings.Join(c.Sources(u), "+"))
 		}
 		want := ""
-		if in.endpoints != nil {
-			want = "catalog=127.0.0.1:1002 catalog=127.0.0.1:3002"
+		if in.calls != "" {
+			want = "catalog=gossip"
 		}
-		if got := strings.Join(eps, " "); got != want {
-			t.Errorf("%s: upstream endpoints %q, want %q", in.name, got, want)
+		if got := strings.Join(ups, " "); got != want {
+			t.Errorf("%s: upstreams %q, want %q", in.name, got, want)
 		}
 	}
 }

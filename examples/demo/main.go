@@ -8,7 +8,8 @@
 // listener, as a mesh peer would, and prints which catalog instance
 // answered. The frontend app calls http://catalog/items through its
 // sidecar's outbound listener, which balances round robin over the two
-// catalog sidecars. On Ctrl-C, or after -duration, it stops every process
+// catalog sidecars. The sidecars find each other over an encrypted gossip
+// pool (a key from `sidemesh keygen`): no server, no endpoint lists. On Ctrl-C, or after -duration, it stops every process
 // it started and removes its temporary directory.
 //
 // Run it from inside the sidemesh module: it builds the example services
@@ -106,6 +107,19 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The sidecars find each other over an encrypted gossip pool: no
+	// server, no static endpoint lists.
+	key, err := exec.CommandContext(ctx, sidemesh, "keygen").Output()
+	if err != nil {
+		return interrupted(ctx, fmt.Errorf("sidemesh keygen: %w", err))
+	}
+	keyFile := filepath.Join(dir, "gossip.key")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		return err
+	}
+	for _, in := range mesh {
+		in.keyFile = keyFile
+	}
 
 	exited := make(chan *proc, 2*len(mesh))
 	var procs []*proc
@@ -168,7 +182,10 @@ type instance struct {
 	app       int    // port the app listens on
 	inbound   int    // port of the sidecar's inbound listener
 	outbound  int    // port of the sidecar's outbound listener
-	endpoints []int  // inbound ports of the catalog sidecars; the frontend's only
+	gossip    int    // port of the sidecar's gossip member
+	seed      int    // gossip port to join (catalog-1's); 0 for catalog-1 itself
+	calls     string // the upstream service the app calls, if any
+	keyFile   string // the pool's encryption key
 }
 
 // mesh is every instance of the demo, the frontend last.
@@ -176,14 +193,14 @@ type mesh []*instance
 
 // newMesh lays out catalog-1, catalog-2 and the frontend on free ports.
 func newMesh() (mesh, error) {
-	p, err := freePorts(9)
+	p, err := freePorts(12)
 	if err != nil {
 		return nil, err
 	}
 	return mesh{
-		{name: "catalog-1", service: "catalog", app: p[0], inbound: p[1], outbound: p[2]},
-		{name: "catalog-2", service: "catalog", app: p[3], inbound: p[4], outbound: p[5]},
-		{name: "frontend", service: "frontend", app: p[6], inbound: p[7], outbound: p[8], endpoints: []int{p[1], p[4]}},
+		{name: "catalog-1", service: "catalog", app: p[0], inbound: p[1], outbound: p[2], gossip: p[3]},
+		{name: "catalog-2", service: "catalog", app: p[4], inbound: p[5], outbound: p[6], gossip: p[7], seed: p[3]},
+		{name: "frontend", service: "frontend", app: p[8], inbound: p[9], outbound: p[10], gossip: p[11], seed: p[3], calls: "catalog"},
 	}, nil
 }
 
@@ -191,7 +208,7 @@ func newMesh() (mesh, error) {
 func (m mesh) addrs() []string {
 	var a []string
 	for _, in := range m {
-		a = append(a, addr(in.app), addr(in.inbound), addr(in.outbound))
+		a = append(a, addr(in.app), addr(in.inbound), addr(in.outbound), addr(in.gossip))
 	}
 	return a
 }
@@ -217,15 +234,17 @@ service: { name: {{.Service}}, address: 127.0.0.1, port: {{.App}}, protocol: htt
 inbound: { listen: 127.0.0.1:{{.Inbound}} }
 outbound: { listen: 127.0.0.1:{{.Outbound}} }
 drain_timeout: 2s
-{{- if .Endpoints}}
+discovery:
+  gossip:
+    bind: 127.0.0.1:{{.Gossip}}
+    join: [{{if .Seed}}127.0.0.1:{{.Seed}}{{end}}]
+    key_file: {{.KeyFile}}
+    profile: local
+{{- if .Calls}}
 upstreams:
-  - service: catalog
+  - service: {{.Calls}}        # endpoints come from the gossip pool
     balancer: round_robin
     timeout: 5s
-    endpoints:
-{{- range .Endpoints}}
-      - address: 127.0.0.1:{{.}}
-{{- end}}
 {{- end}}
 `))
 
@@ -233,7 +252,8 @@ upstreams:
 func (in *instance) templateData() map[string]any {
 	return map[string]any{
 		"Name": in.name, "Service": in.service, "App": in.app,
-		"Inbound": in.inbound, "Outbound": in.outbound, "Endpoints": in.endpoints,
+		"Inbound": in.inbound, "Outbound": in.outbound,
+		"Gossip": in.gossip, "Seed": in.seed, "Calls": in.calls, "KeyFile": in.keyFile,
 	}
 }
 
