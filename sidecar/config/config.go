@@ -31,6 +31,10 @@ type Config struct {
 	// Discovery configures the discovery backends: Consul, gossip, both
 	// or neither (static endpoints only).
 	Discovery Discovery `yaml:"discovery"`
+	// TLS turns on mutual TLS between sidecars. Nil means plain text.
+	TLS *TLS `yaml:"tls"`
+	// Policy says who may call the local service.
+	Policy Policy `yaml:"policy"`
 	// Log configures the process log.
 	Log Log `yaml:"log"`
 
@@ -124,6 +128,10 @@ type Upstream struct {
 	Source string `yaml:"source"`
 	// Consul refines Consul discovery for this upstream.
 	Consul UpstreamConsul `yaml:"consul"`
+	// MTLS, when tls is on, speaks mutual TLS to the endpoints and checks
+	// they are this service. Turn it off for endpoints outside the mesh.
+	// Default true.
+	MTLS bool `yaml:"mtls"`
 	// Timeout bounds the wait for a response's headers, over all tries.
 	// Streaming bodies and upgraded connections are not cut by it.
 	// Default 15s; 0 disables it.
@@ -246,6 +254,7 @@ func (u *Upstream) setDefaults() {
 		HealthCheck:        defaultHealthCheck(),
 		Retries:            defaultRetries(),
 		Consul:             UpstreamConsul{Mesh: true},
+		MTLS:               true,
 	}
 }
 

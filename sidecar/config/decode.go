@@ -75,6 +75,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	switch {
+	case v.Kind() == reflect.Pointer && v.Type().Elem().Kind() != reflect.Struct:
+		// An optional scalar (*bool): set means written in the file.
+		elem := reflect.New(v.Type().Elem())
+		d.decode(n, elem.Elem(), path)
+		v.Set(elem)
+		return
 	case v.Kind() == reflect.Pointer:
 		if !d.expect(n, pos, yaml.MappingNode, path) {
 			return

@@ -144,6 +144,7 @@ upstreams:
 			HealthCheck:        defaultHealthCheck(),
 			Retries:            defaultRetries(),
 			Consul:             UpstreamConsul{Mesh: true},
+			MTLS:               true,
 		}
 	}
 	want := Default()

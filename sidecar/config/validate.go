@@ -73,6 +73,7 @@ func (c *Config) validate() ErrorList {
 		v.upstream(i, &c.Upstreams[i])
 	}
 	v.discovery(&c.Discovery)
+	v.security(c)
 	v.duplicateBinds()
 	for i, s := range c.TrustedProxies {
 		if _, err := parsePrefix(s); err != nil {
