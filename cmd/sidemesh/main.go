@@ -2,6 +2,7 @@
 //
 //	sidemesh run -c sidemesh.yaml        # serve, as the config says
 //	sidemesh validate -c sidemesh.yaml   # check a config and exit
+//	sidemesh ca init|issue ...           # a development CA and SPIFFE leaf certificates
 //	sidemesh keygen                      # print a new gossip encryption key
 //	sidemesh version
 //
@@ -45,6 +46,7 @@ const usage = `usage: sidemesh <command> [flags]
 commands:
   run -c FILE        run the sidecar described by FILE
   validate -c FILE   check FILE and report every problem as file:line:col: message
+  ca init|issue      a development CA and SPIFFE leaf certificates (sidemesh ca for help)
   keygen             print a new gossip encryption key (save it to the key_file)
   version            print the version
 `
@@ -60,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
+	case "ca":
+		return cmdCA(args[1:], stdout, stderr)
 	case "keygen":
 		if len(args) > 1 {
 			fmt.Fprintln(stderr, "usage: sidemesh keygen")
