@@ -1,0 +1,385 @@
+package policy
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+)
+
+// Source is the caller as proven by mTLS.
+type Source struct {
+	// Service is the service name from the caller's SPIFFE ID; "" when
+	// the caller is unauthenticated.
+	Service string
+	// SPIFFE is the caller's full, already validated SPIFFE ID
+	// ("spiffe://mesh.local/ns/default/svc/web"); "" when unauthenticated.
+	SPIFFE string
+	// Namespace is the namespace from the SPIFFE ID. Rules do not read it:
+	// they scope namespaces with SPIFFE IDs and patterns.
+	Namespace string
+}
+
+// authenticated reports whether the transport proved an identity.
+func (s *Source) authenticated() bool { return s.Service != "" || s.SPIFFE != "" }
+
+// Request is what is authorized: one HTTP request, or one TCP connection
+// (Method, Path and Header left empty: then a rule with a method, path or
+// header condition does not apply, except an inverted header condition,
+// which holds for an absent header).
+type Request struct {
+	Source Source
+	// Destination is the service being called: the local service.
+	Destination string
+	// Method is the HTTP method as sent ("GET").
+	Method string
+	// Path is the request path, already through NormalizePath.
+	Path string
+	// Header is the request's header, with canonical keys as net/http
+	// builds it. It is only read. May be nil.
+	Header http.Header
+}
+
+// Decision is the outcome of Authorize.
+type Decision struct {
+	// Allow is true if the request may proceed.
+	Allow bool
+	// Rule names the rule that decided (its Rule.Name), or "default".
+	Rule string
+	// Reason is a short human sentence for logs and the 403 body, such as
+	// "denied by policy.rules[2]: web may not POST /admin/* on cart".
+	// It describes the rule, not the request, and holds no request data.
+	Reason string
+}
+
+// DefaultRule is Decision.Rule when no rule applied.
+const DefaultRule = "default"
+
+// Authorizer decides whether a request may proceed. Implementations are
+// safe for concurrent use and must not block.
+type Authorizer interface {
+	Authorize(ctx context.Context, r Request) Decision
+}
+
+// Policy is an immutable, precompiled rule set with a default action. It is
+// safe for concurrent use; Authorize neither locks nor allocates. A nil
+// *Policy denies everything.
+type Policy struct {
+	byDest  map[string]*bucket // rules with an exact To
+	anyDest *bucket            // rules with To "*"
+	def     Action
+
+	defaultDecision Decision // no rule applied
+	unauthDecision  Decision // no rule applied, caller unauthenticated
+}
+
+// bucket holds the entries of one destination, grouped by source kind so
+// that Authorize visits them in precedence order. Each list is sorted:
+// denies before allows, then in rule order; patterns first by longer
+// prefix.
+type bucket struct {
+	spiffe   map[string][]*entry
+	name     map[string][]*entry
+	patterns []*entry
+	any      []*entry
+}
+
+// entry is one From entry of one rule: a rule with three From entries is
+// three entries, each ranked by its own source kind.
+type entry struct {
+	src      sourceMatch
+	dest     string // "" for To "*"
+	action   Action
+	seq      int // position among all entries: rule order, then From order
+	cond     *conditions
+	decision Decision // precomputed, so Authorize does not allocate
+}
+
+// NewPolicy validates and compiles rules. Rules without a Name are named
+// "rules[i]". It reports every problem of every rule at once.
+func NewPolicy(rules []Rule, defaultAction Action) (*Policy, error) {
+	if !defaultAction.valid() {
+		return nil, fmt.Errorf("policy: invalid default action %d", int(defaultAction))
+	}
+	entries, err := compileRules(rules, "rules")
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return buildPolicy(entries, defaultAction), nil
+}
+
+// compileRules validates rules and returns their entries, in order, with
+// seq unset. Unnamed rules are named prefix[i].
+func compileRules(rules []Rule, prefix string) ([]entry, error) {
+	var errs []error
+	var entries []entry
+	for i := range rules {
+		r := rules[i]
+		if r.Name == "" {
+			r.Name = fmt.Sprintf("%s[%d]", prefix, i)
+		}
+		if err := r.Validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cond := compileConditions(&r)
+		dest := r.To
+		if dest == "*" {
+			dest = ""
+		}
+		for _, f := range r.From {
+			src, _ := parseSource(f) // validated
+			entries = append(entries, entry{
+				src:      src,
+				dest:     dest,
+				action:   r.Action,
+				cond:     cond,
+				decision: Decision{Allow: r.Action == Allow, Rule: r.Name, Reason: describe(&r, f)},
+			})
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return entries, nil
+}
+
+// buildPolicy indexes entries (copying them) and numbers them in order.
+func buildPolicy(entries []entry, def Action) *Policy {
+	p := &Policy{byDest: map[string]*bucket{}, def: def}
+	verb := "denied"
+	if def == Allow {
+		verb = "allowed"
+	}
+	p.defaultDecision = Decision{Allow: def == Allow, Rule: DefaultRule, Reason: verb + " by default: no rule matches"}
+	p.unauthDecision = Decision{Allow: def == Allow, Rule: DefaultRule, Reason: verb + " by default: the caller is not authenticated"}
+
+	store := make([]entry, len(entries))
+	for i := range entries {
+		e := &store[i]
+		*e = entries[i]
+		e.seq = i
+		var b *bucket
+		if e.dest == "" {
+			if p.anyDest == nil {
+				p.anyDest = &bucket{}
+			}
+			b = p.anyDest
+		} else {
+			b = p.byDest[e.dest]
+			if b == nil {
+				b = &bucket{}
+				p.byDest[e.dest] = b
+			}
+		}
+		switch e.src.kind {
+		case sourceSPIFFE:
+			if b.spiffe == nil {
+				b.spiffe = map[string][]*entry{}
+			}
+			b.spiffe[e.src.key] = append(b.spiffe[e.src.key], e)
+		case sourceName:
+			if b.name == nil {
+				b.name = map[string][]*entry{}
+			}
+			b.name[e.src.key] = append(b.name[e.src.key], e)
+		case sourcePattern:
+			b.patterns = append(b.patterns, e)
+		default:
+			b.any = append(b.any, e)
+		}
+	}
+	for _, b := range p.allBuckets() {
+		for _, l := range b.spiffe {
+			slices.SortStableFunc(l, byAction)
+		}
+		for _, l := range b.name {
+			slices.SortStableFunc(l, byAction)
+		}
+		slices.SortStableFunc(b.patterns, func(x, y *entry) int {
+			if c := cmp.Compare(len(y.src.key), len(x.src.key)); c != 0 {
+				return c
+			}
+			return byAction(x, y)
+		})
+		slices.SortStableFunc(b.any, byAction)
+	}
+	return p
+}
+
+// byAction orders denies first, then by seq.
+func byAction(x, y *entry) int {
+	if x.action != y.action {
+		if x.action == Deny {
+			return -1
+		}
+		return 1
+	}
+	return cmp.Compare(x.seq, y.seq)
+}
+
+func (p *Policy) allBuckets() []*bucket {
+	bs := make([]*bucket, 0, len(p.byDest)+1)
+	for _, b := range p.byDest {
+		bs = append(bs, b)
+	}
+	if p.anyDest != nil {
+		bs = append(bs, p.anyDest)
+	}
+	return bs
+}
+
+// Default returns the action taken when no rule applies.
+func (p *Policy) Default() Action {
+	if p == nil {
+		return Deny
+	}
+	return p.def
+}
+
+var noPolicy = Decision{Rule: DefaultRule, Reason: "denied: no policy loaded"}
+
+// Authorize decides r as described in the package doc: of the rules whose
+// From, To and conditions all match r, the one of highest precedence
+// decides, deny winning a tie; if none matches, the default action. It
+// does not block, lock or allocate; ctx is not used.
+func (p *Policy) Authorize(_ context.Context, r Request) Decision {
+	if p == nil {
+		return noPolicy
+	}
+	if !r.Source.authenticated() {
+		return p.unauthDecision
+	}
+	if b := p.byDest[r.Destination]; b != nil {
+		if e := b.find(&r); e != nil {
+			return e.decision
+		}
+	}
+	if p.anyDest != nil {
+		if e := p.anyDest.find(&r); e != nil {
+			return e.decision
+		}
+	}
+	return p.defaultDecision
+}
+
+// find returns the first applicable entry in precedence order, or nil.
+func (b *bucket) find(r *Request) *entry {
+	id := r.Source.SPIFFE
+	if id != "" {
+		if e := first(b.spiffe[id], r); e != nil {
+			return e
+		}
+	}
+	if r.Source.Service != "" {
+		if e := first(b.name[r.Source.Service], r); e != nil {
+			return e
+		}
+	}
+	if id != "" {
+		for _, e := range b.patterns {
+			if len(id) > len(e.src.key) && strings.HasPrefix(id, e.src.key) && e.cond.match(r) {
+				return e
+			}
+		}
+	}
+	return first(b.any, r)
+}
+
+func first(l []*entry, r *Request) *entry {
+	for _, e := range l {
+		if e.cond.match(r) {
+			return e
+		}
+	}
+	return nil
+}
+
+// describe writes the Reason of rule r for its From entry from, such as
+// "denied by policy.rules[2]: web may not POST /admin/* on cart".
+func describe(r *Rule, from string) string {
+	var b strings.Builder
+	if r.Action == Allow {
+		b.WriteString("allowed by ")
+	} else {
+		b.WriteString("denied by ")
+	}
+	b.WriteString(r.Name)
+	b.WriteString(": ")
+	if from == "*" {
+		b.WriteString("any authenticated caller")
+	} else {
+		b.WriteString(from)
+	}
+	if r.Action == Allow {
+		b.WriteString(" may ")
+	} else {
+		b.WriteString(" may not ")
+	}
+	if len(r.Methods) == 0 {
+		b.WriteString("call")
+	} else {
+		for i, m := range r.Methods {
+			if i > 0 {
+				b.WriteByte('|')
+			}
+			b.WriteString(strings.ToUpper(m))
+		}
+	}
+	to := r.To
+	if to == "*" {
+		to = "any service"
+	}
+	if len(r.Paths) > 0 {
+		const show = 3
+		for i, p := range r.Paths {
+			if i == show {
+				fmt.Fprintf(&b, " (+%d more)", len(r.Paths)-show)
+				break
+			}
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteByte(' ')
+			if p.Exact != "" {
+				b.WriteString(p.Exact)
+			} else {
+				b.WriteString(p.Prefix)
+				b.WriteByte('*')
+			}
+		}
+		b.WriteString(" on ")
+	} else {
+		b.WriteByte(' ')
+	}
+	b.WriteString(to)
+	for i, h := range r.Headers {
+		if i == 0 {
+			b.WriteString(" when ")
+		} else {
+			b.WriteString(" and ")
+		}
+		b.WriteString(h.Name)
+		not := ""
+		if h.Invert {
+			not = "not "
+		}
+		switch {
+		case h.Present:
+			fmt.Fprintf(&b, " is %spresent", not)
+		case h.Exact != "":
+			fmt.Fprintf(&b, " is %s%q", not, h.Exact)
+		case h.Invert:
+			fmt.Fprintf(&b, " does not start with %q", h.Prefix)
+		default:
+			fmt.Fprintf(&b, " starts with %q", h.Prefix)
+		}
+	}
+	return b.String()
+}
+
+// Interface guard.
+var _ Authorizer = (*Policy)(nil)
