@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/sidemesh/sidemesh/policy"
 )
 
 // TLS configures mutual TLS between sidecars with SPIFFE identities. With
@@ -98,6 +100,28 @@ type PolicyHeader struct {
 	Invert  bool   `yaml:"invert"`
 }
 
+// PolicyRule turns rule i of the policy section into a policy.Rule; an
+// empty To means the local service.
+func (c *Config) PolicyRule(i int) policy.Rule {
+	r := c.Policy.Rules[i]
+	action, _ := policy.ParseAction(r.Action)
+	to := r.To
+	if to == "" && c.Service != nil {
+		to = c.Service.Name
+	}
+	pr := policy.Rule{Name: fmt.Sprintf("policy.rules[%d]", i), From: r.From, To: to, Action: action, Methods: r.Methods}
+	for _, p := range r.Paths {
+		pr.Paths = append(pr.Paths, policy.PathMatch{Prefix: p})
+	}
+	for _, p := range r.ExactPaths {
+		pr.Paths = append(pr.Paths, policy.PathMatch{Exact: p})
+	}
+	for _, h := range r.Headers {
+		pr.Headers = append(pr.Headers, policy.HeaderMatch{Name: h.Name, Present: h.Present, Exact: h.Exact, Prefix: h.Prefix, Invert: h.Invert})
+	}
+	return pr
+}
+
 // DefaultAction returns the policy's default decision: "allow" or "deny".
 func (c *Config) DefaultAction() string {
 	if c.Policy.Default != "" {
@@ -172,6 +196,15 @@ func (v *validator) security(c *Config) {
 		for j, h := range r.Headers {
 			if h.Name == "" {
 				v.errorf(fmt.Sprintf("%s.headers[%d].name", path, j), "required")
+			}
+		}
+		if len(r.From) > 0 && (r.Action == "allow" || r.Action == "deny") {
+			// The policy package is the judge of patterns and paths.
+			if err := c.PolicyRule(i).Validate(); err != nil {
+				for line := range strings.Lines(err.Error()) {
+					line = strings.TrimPrefix(strings.TrimSpace(line), "rule "+path+": ")
+					v.errorf(path, "%s", line)
+				}
 			}
 		}
 	}
