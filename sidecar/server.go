@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -21,6 +22,8 @@ type listenerSpec struct {
 	// role is "inbound", "outbound" or "upstream/<name>".
 	role string
 	tcp  bool
+	// mtls terminates mutual TLS (the inbound listener with tls on).
+	mtls bool
 	opts config.Listener
 }
 
@@ -43,6 +46,9 @@ type server struct {
 	conns        atomic.Int64
 	connsChanged chan struct{}
 	served       chan struct{}
+	// tlsConfig terminates TLS for a TCP server (HTTP servers keep theirs
+	// in http.Server.TLSConfig).
+	tlsConfig *tls.Config
 }
 
 // drainQuietPeriod is how long a draining HTTP server waits for its
@@ -50,7 +56,7 @@ type server struct {
 // "Connection: close") before it shuts down the rest.
 const drainQuietPeriod = time.Second
 
-func newHTTPServer(spec listenerSpec, h http.Handler, log *slog.Logger) *server {
+func newHTTPServer(spec listenerSpec, h http.Handler, tlsConfig *tls.Config, log *slog.Logger) *server {
 	s := &server{spec: spec, served: make(chan struct{}), connsChanged: make(chan struct{}, 1)}
 	s.hard, s.cancelHard = context.WithCancel(context.Background())
 	tracked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -62,6 +68,7 @@ func newHTTPServer(spec listenerSpec, h http.Handler, log *slog.Logger) *server 
 		ReadHeaderTimeout: spec.opts.ReadHeaderTimeout,
 		IdleTimeout:       spec.opts.IdleTimeout,
 		MaxHeaderBytes:    spec.opts.MaxHeaderBytes,
+		TLS:               tlsConfig,
 		Logger:            log,
 	})
 	s.http.BaseContext = func(net.Listener) context.Context { return s.hard }
@@ -82,10 +89,13 @@ func newHTTPServer(spec listenerSpec, h http.Handler, log *slog.Logger) *server 
 	return s
 }
 
-func newTCPServer(spec listenerSpec, target func() *proxy.TCPTarget, log *slog.Logger) *server {
-	s := &server{spec: spec, served: make(chan struct{})}
+// newTCPServer returns a TCP proxy server; with tlsConfig it terminates
+// TLS and admit decides, after the handshake, whether a peer may connect.
+func newTCPServer(spec listenerSpec, target func() *proxy.TCPTarget, tlsConfig *tls.Config,
+	admit func(context.Context, net.Conn) error, log *slog.Logger) *server {
+	s := &server{spec: spec, served: make(chan struct{}), tlsConfig: tlsConfig}
 	s.hard, s.cancelHard = context.WithCancel(context.Background())
-	s.tcp = &proxy.TCPProxy{Target: target, Logger: log}
+	s.tcp = &proxy.TCPProxy{Target: target, Admit: admit, Logger: log}
 	return s
 }
 
@@ -96,9 +106,14 @@ func (s *server) serve(sock *socket, log *slog.Logger) *handoff {
 	go func() {
 		defer close(s.served)
 		var err error
-		if s.http != nil {
+		switch {
+		case s.http != nil && s.http.TLSConfig != nil:
+			err = s.http.ServeTLS(s.handoff, "", "")
+		case s.http != nil:
 			err = s.http.Serve(s.handoff)
-		} else {
+		case s.tlsConfig != nil:
+			err = s.tcp.Serve(tls.NewListener(s.handoff, s.tlsConfig))
+		default:
 			err = s.tcp.Serve(s.handoff)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, proxy.ErrProxyClosed) &&

@@ -6,10 +6,12 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"reflect"
 	"sync"
@@ -37,6 +39,7 @@ type Sidecar struct {
 	mu        sync.Mutex // serialises Start, Reload, Shutdown; guards below
 	cfg       *config.Config
 	backends  *backends
+	security  *security // nil when mutual TLS is off
 	upstreams map[string]*upstream
 	local     *upstream
 	sockets   map[string]*socket // by address
@@ -77,11 +80,20 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		return err
 	}
 	s.backends = b
-	if err := s.apply(ctx, s.cfg); err != nil {
+	fail := func(err error) error {
 		sctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
 		defer cancel()
 		b.stop(sctx)
 		return err
+	}
+	sec, err := startSecurity(s.cfg, b, s.log)
+	if err != nil {
+		return fail(err)
+	}
+	s.security = sec
+	if err := s.apply(ctx, s.cfg); err != nil {
+		sec.close()
+		return fail(err)
 	}
 	s.started = true
 	s.log.Info("sidecar started", "listeners", len(s.servers), "upstreams", len(s.upstreams))
@@ -135,6 +147,14 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	if err := s.backends.compatible(cfg); err != nil {
 		return err
 	}
+	if err := s.security.compatible(cfg); err != nil {
+		return err
+	}
+	if s.security != nil {
+		if err := s.security.setPolicy(cfg); err != nil {
+			return err
+		}
+	}
 	specs := listenerSpecs(cfg)
 
 	// 1. Bind new addresses first: the only step that can fail.
@@ -159,7 +179,11 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	sources := func(u config.Upstream) (discovery.Source, sourceKey) { return s.backends.source(cfg, u) }
 	next := make(map[string]*upstream, len(cfg.Upstreams))
 	for _, uc := range cfg.Upstreams {
-		next[uc.Service] = buildUpstream(s.life, uc, s.upstreams[uc.Service], sources, trusted, s.log)
+		var mtls *tls.Config
+		if uc.MTLS {
+			mtls = s.security.clientTLS(uc.Service)
+		}
+		next[uc.Service] = buildUpstream(s.life, uc, s.upstreams[uc.Service], sources, mtls, trusted, s.log)
 	}
 	var local *upstream
 	if cfg.Service != nil {
@@ -167,7 +191,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		if s.local != nil && s.local.cfg.Service == cfg.Service.Name {
 			old = s.local
 		}
-		local = buildUpstream(s.life, localUpstream(cfg.Service), old, sources, trusted, s.log.With("role", roleInbound))
+		local = buildUpstream(s.life, localUpstream(cfg.Service), old, sources, nil, trusted, s.log.With("role", roleInbound))
 	}
 	waitFirst(next, s.log)
 	s.routes.Store(newRouteTable(next, local))
@@ -238,18 +262,28 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 	log := s.log.With("listener", spec.role, "addr", spec.addr)
 	switch {
 	case spec.role == roleInbound && spec.tcp:
+		var admit func(context.Context, net.Conn) error
+		if s.security != nil {
+			admit = s.security.admit
+		}
 		return newTCPServer(spec, func() *proxy.TCPTarget {
 			if u := s.routes.Load().local; u != nil {
 				return u.tcp
 			}
 			return nil
-		}, log)
+		}, s.security.serverTLS(), admit, log)
 	case spec.role == roleInbound:
-		return newHTTPServer(spec, &proxy.Handler{Router: localRouter{s}}, log)
+		var h http.Handler = &proxy.Handler{Router: localRouter{s}}
+		if s.security != nil {
+			h = s.security.authorize(h)
+		} else {
+			h = stripIdentity(h)
+		}
+		return newHTTPServer(spec, h, s.security.serverTLS(), log)
 	case spec.role == roleOutbound:
 		return newHTTPServer(spec, &proxy.Handler{Router: hostRouter{s}, Describe: func() string {
 			return s.routes.Load().known
-		}}, log)
+		}}, nil, log)
 	case spec.tcp:
 		name := spec.role[len(roleUpstreamPrefix):]
 		return newTCPServer(spec, func() *proxy.TCPTarget {
@@ -257,10 +291,10 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 				return u.tcp
 			}
 			return nil
-		}, log)
+		}, nil, nil, log)
 	default:
 		name := spec.role[len(roleUpstreamPrefix):]
-		return newHTTPServer(spec, &proxy.Handler{Router: namedRouter{s, name}}, log)
+		return newHTTPServer(spec, &proxy.Handler{Router: namedRouter{s, name}}, nil, log)
 	}
 }
 
@@ -301,6 +335,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 	if s.local != nil {
 		s.local.retire(nil)
 	}
+	s.security.close()
 	s.log.Info("sidecar stopped")
 }
 
@@ -317,7 +352,7 @@ func listenerSpecs(cfg *config.Config) map[string]listenerSpec {
 	if cfg.Service != nil {
 		specs[cfg.Inbound.Listen] = listenerSpec{
 			addr: cfg.Inbound.Listen, role: roleInbound,
-			tcp: cfg.Service.Protocol == config.ProtocolTCP, opts: cfg.Inbound,
+			tcp: cfg.Service.Protocol == config.ProtocolTCP, mtls: cfg.TLS.Enabled(), opts: cfg.Inbound,
 		}
 	}
 	specs[cfg.Outbound.Listen] = listenerSpec{addr: cfg.Outbound.Listen, role: roleOutbound, opts: cfg.Outbound}

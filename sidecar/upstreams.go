@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -32,6 +33,7 @@ type transportKey struct {
 	connectTimeout time.Duration
 	idleTimeout    time.Duration
 	maxIdle        int
+	mtls           bool
 }
 
 // upstream is the running state of one upstream (or of the local app,
@@ -191,7 +193,7 @@ func (h *healthRun) stop() {
 }
 
 // startHealth starts active checks of bal's endpoints, if cfg asks for them.
-func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balancer, log *slog.Logger) *healthRun {
+func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balancer, mtls *tls.Config, log *slog.Logger) *healthRun {
 	hc := cfg.HealthCheck
 	if !hc.Enabled() {
 		return nil
@@ -205,6 +207,7 @@ func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balance
 		Timeout:            hc.Timeout,
 		HealthyThreshold:   hc.HealthyThreshold,
 		UnhealthyThreshold: hc.UnhealthyThreshold,
+		TLS:                mtls,
 	}, func() []health.Target {
 		eps := bal.Endpoints()
 		targets := make([]health.Target, len(eps))
@@ -224,7 +227,11 @@ func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balance
 
 // buildUpstream makes the state for cfg, reusing from old (which may be
 // nil) the balancer, watch and transports whose settings did not change.
-func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sources sourceFunc, trusted []netip.Prefix, log *slog.Logger) *upstream {
+//
+// mtls, when set, is the TLS config toward cfg's endpoints (mutual TLS
+// checking their identity); it reads the current certificates at every
+// handshake, so it is built once per upstream.
+func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sources sourceFunc, mtls *tls.Config, trusted []netip.Prefix, log *slog.Logger) *upstream {
 	u := &upstream{cfg: cfg}
 	proxyLog := log // the proxy names the upstream in its own log lines
 	log = log.With("upstream", cfg.Service)
@@ -237,7 +244,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 	if old != nil && old.bal == u.bal && reflect.DeepEqual(old.health.settingsOrZero(), cfg.HealthCheck) {
 		u.health = old.health
 	} else {
-		u.health = startHealth(ctx, cfg, u.bal, log)
+		u.health = startHealth(ctx, cfg, u.bal, mtls, log)
 	}
 	src, key := sources(cfg)
 	switch {
@@ -257,6 +264,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 		connectTimeout: cfg.ConnectTimeout,
 		idleTimeout:    cfg.IdleTimeout,
 		maxIdle:        cfg.MaxIdlePerEndpoint,
+		mtls:           mtls != nil,
 	}
 	if old != nil && old.tkey == u.tkey && old.transport != nil {
 		u.transport, u.upgrade = old.transport, old.upgrade
@@ -266,6 +274,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 			ConnectTimeout:     cfg.ConnectTimeout,
 			IdleTimeout:        cfg.IdleTimeout,
 			MaxIdlePerEndpoint: cfg.MaxIdlePerEndpoint,
+			TLS:                mtls,
 		}
 		u.transport = proxy.NewTransport(opts)
 		u.upgrade = u.transport
@@ -281,6 +290,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 			Picker:         u.bal,
 			ConnectTimeout: cfg.ConnectTimeout,
 			IdleTimeout:    cfg.IdleTimeout,
+			TLS:            mtls,
 		}
 	} else {
 		u.proxy = proxy.NewUpstream(proxy.UpstreamOptions{

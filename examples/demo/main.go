@@ -177,15 +177,15 @@ func buildServices(ctx context.Context, dir string) (string, error) {
 
 // instance is one app of the demo mesh and its sidecar, all on loopback.
 type instance struct {
-	name      string // instance name, used for log and config files: "catalog-1"
-	service   string // mesh service name: "catalog"
-	app       int    // port the app listens on
-	inbound   int    // port of the sidecar's inbound listener
-	outbound  int    // port of the sidecar's outbound listener
-	gossip    int    // port of the sidecar's gossip member
-	seed      int    // gossip port to join (catalog-1's); 0 for catalog-1 itself
-	calls     string // the upstream service the app calls, if any
-	keyFile   string // the pool's encryption key
+	name     string // instance name, used for log and config files: "catalog-1"
+	service  string // mesh service name: "catalog"
+	app      int    // port the app listens on
+	inbound  int    // port of the sidecar's inbound listener
+	outbound int    // port of the sidecar's outbound listener
+	gossip   int    // port of the sidecar's gossip member
+	seed     int    // gossip port to join (catalog-1's); 0 for catalog-1 itself
+	calls    string // the upstream service the app calls, if any
+	keyFile  string // the pool's encryption key
 }
 
 // mesh is every instance of the demo, the frontend last.

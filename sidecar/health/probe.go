@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -30,16 +31,27 @@ type prober interface {
 // newProber returns the prober that s describes (s has its defaults).
 func newProber(s Settings) prober {
 	if s.TCP {
-		return &tcpProber{}
+		return &tcpProber{tls: s.TLS}
 	}
 	return newHTTPProber(s)
 }
 
-// tcpProber passes an endpoint that accepts a TCP connection.
-type tcpProber struct{ dialer net.Dialer }
+// tcpProber passes an endpoint that accepts a TCP connection (and, with
+// tls set, completes a TLS handshake).
+type tcpProber struct {
+	dialer net.Dialer
+	tls    *tls.Config
+}
 
 func (p *tcpProber) probe(ctx context.Context, addr string) error {
-	conn, err := p.dialer.DialContext(ctx, "tcp", addr)
+	var conn net.Conn
+	var err error
+	if p.tls != nil {
+		d := tls.Dialer{NetDialer: &p.dialer, Config: p.tls}
+		conn, err = d.DialContext(ctx, "tcp", addr)
+	} else {
+		conn, err = p.dialer.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return err
 	}
@@ -55,6 +67,7 @@ type httpProber struct {
 	client    *http.Client
 	path      string // starts with "/"
 	host      string // empty: the address
+	scheme    string // https with TLS
 }
 
 // newHTTPProber returns a prober with a transport of its own: keep-alives
@@ -73,12 +86,20 @@ func newHTTPProber(s Settings) *httpProber {
 		MaxResponseHeaderBytes: 64 << 10,
 	}
 	var protos http.Protocols
-	if s.HTTP2 {
+	switch {
+	case s.TLS != nil && s.HTTP2:
+		protos.SetHTTP2(true)
+	case s.HTTP2:
 		protos.SetUnencryptedHTTP2(true)
-	} else {
+	default:
 		protos.SetHTTP1(true)
 	}
 	t.Protocols = &protos
+	t.TLSClientConfig = s.TLS
+	scheme := "http"
+	if s.TLS != nil {
+		scheme = "https"
+	}
 
 	path := s.Path
 	if !strings.HasPrefix(path, "/") {
@@ -92,13 +113,14 @@ func newHTTPProber(s Settings) *httpProber {
 			// not the endpoint being checked.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		path: path,
-		host: s.Host,
+		path:   path,
+		host:   s.Host,
+		scheme: scheme,
 	}
 }
 
 func (p *httpProber) probe(ctx context.Context, addr string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+p.path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.scheme+"://"+addr+p.path, nil)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,9 @@
 package health
 
-import "time"
+import (
+	"crypto/tls"
+	"time"
+)
 
 // Defaults for the zero fields of Settings.
 const (
@@ -29,6 +32,10 @@ type Settings struct {
 	// upstreams that serve only HTTP/2 such as gRPC. Default false:
 	// HTTP/1.1.
 	HTTP2 bool
+	// TLS, when set, makes checks use TLS with this configuration (the
+	// mesh's mutual TLS toward other sidecars): HTTP checks send https
+	// (h2 by ALPN when HTTP2 is set), TCP checks complete a handshake.
+	TLS *tls.Config
 	// Interval is the time between two checks of an endpoint. Zero or
 	// negative means 10s. Each check is delayed by a random part of a
 	// tenth of Interval, so checks of different endpoints do not align and

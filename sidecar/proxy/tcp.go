@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -27,6 +28,10 @@ type TCPTarget struct {
 	// IdleTimeout closes a connection when no byte has moved in either
 	// direction for this long. Zero means never.
 	IdleTimeout time.Duration
+	// TLS, when set, wraps every connection to an endpoint in TLS with
+	// this configuration (mutual TLS between sidecars); the handshake
+	// counts as part of connecting.
+	TLS *tls.Config
 }
 
 // TCPProxy accepts connections and splices each to an endpoint chosen per
@@ -37,6 +42,11 @@ type TCPProxy struct {
 	Target func() *TCPTarget
 	// Logger receives per-connection errors. Nil means slog.Default().
 	Logger *slog.Logger
+	// Admit, when set, is called with each accepted connection before
+	// anything is proxied (for a TLS listener: after the handshake, which
+	// Admit performs); a non-nil error closes the connection. It is how a
+	// denied peer is turned away after proving who it is.
+	Admit func(ctx context.Context, c net.Conn) error
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -183,6 +193,15 @@ func (p *TCPProxy) serve(s *tcpSession) {
 		return
 	}
 	log := p.logger().With("upstream", t.Name, "client", s.client.RemoteAddr().String())
+	if p.Admit != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
+		err := p.Admit(ctx, s.client)
+		cancel()
+		if err != nil {
+			log.Info("tcp: connection refused", "err", err)
+			return
+		}
+	}
 	var client netip.Addr
 	if ta, ok := s.client.RemoteAddr().(*net.TCPAddr); ok {
 		client = ta.AddrPort().Addr().Unmap()
@@ -197,7 +216,7 @@ func (p *TCPProxy) serve(s *tcpSession) {
 		timeout = 2 * time.Second
 	}
 	start := time.Now()
-	up, err := net.DialTimeout("tcp", pick.Endpoint.Addr, timeout)
+	up, err := dialEndpoint(pick.Endpoint.Addr, timeout, t.TLS)
 	if err != nil {
 		pick.Done(balancer.Result{Err: err, Latency: time.Since(start)})
 		log.Warn("tcp: connect failed", "endpoint", pick.Endpoint.Addr, "err", err)
@@ -286,6 +305,22 @@ func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) (onWrite bool, 
 			return false, err
 		}
 	}
+}
+
+// admitTimeout bounds TCPProxy.Admit, which includes a TLS handshake.
+const admitTimeout = 10 * time.Second
+
+// dialEndpoint connects to addr, with TLS when cfg is set, all within
+// timeout.
+func dialEndpoint(addr string, timeout time.Duration, cfg *tls.Config) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var d net.Dialer
+	if cfg == nil {
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	td := tls.Dialer{NetDialer: &d, Config: cfg}
+	return td.DialContext(ctx, "tcp", addr)
 }
 
 // errIdle ends a TCP session that saw no traffic for its idle timeout.
