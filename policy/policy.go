@@ -72,8 +72,9 @@ type Policy struct {
 	anyDest *bucket            // rules with To "*"
 	def     Action
 
-	defaultDecision Decision // no rule applied
-	unauthDecision  Decision // no rule applied, caller unauthenticated
+	defaultDecision   Decision // no rule applied
+	unauthDecision    Decision // no rule applied, caller unauthenticated
+	groupMissDecision Decision // a permission group applied, none of it matched
 }
 
 // bucket holds the entries of one destination, grouped by source kind so
@@ -95,6 +96,7 @@ type entry struct {
 	action   Action
 	seq      int // position among all entries: rule order, then From order
 	cond     *conditions
+	grouped  bool     // part of an ordered permission group (Rule.Group)
 	decision Decision // precomputed, so Authorize does not allocate
 }
 
@@ -116,6 +118,7 @@ func NewPolicy(rules []Rule, defaultAction Action) (*Policy, error) {
 func compileRules(rules []Rule, prefix string) ([]entry, error) {
 	var errs []error
 	var entries []entry
+	groups := map[string]*Rule{} // first rule of each group
 	for i := range rules {
 		r := rules[i]
 		if r.Name == "" {
@@ -124,6 +127,14 @@ func compileRules(rules []Rule, prefix string) ([]entry, error) {
 		if err := r.Validate(); err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if r.Group != "" {
+			if g, ok := groups[r.Group]; !ok {
+				groups[r.Group] = &rules[i]
+			} else if !slices.Equal(g.From, r.From) || g.To != r.To {
+				errs = append(errs, fmt.Errorf("rule %s: group %q: every rule of a group needs the From and To of its first", r.Name, r.Group))
+				continue
+			}
 		}
 		cond := compileConditions(&r)
 		dest := r.To
@@ -137,6 +148,7 @@ func compileRules(rules []Rule, prefix string) ([]entry, error) {
 				dest:     dest,
 				action:   r.Action,
 				cond:     cond,
+				grouped:  r.Group != "",
 				decision: Decision{Allow: r.Action == Allow, Rule: r.Name, Reason: describe(&r, f)},
 			})
 		}
@@ -156,6 +168,7 @@ func buildPolicy(entries []entry, def Action) *Policy {
 	}
 	p.defaultDecision = Decision{Allow: def == Allow, Rule: DefaultRule, Reason: verb + " by default: no rule matches"}
 	p.unauthDecision = Decision{Allow: def == Allow, Rule: DefaultRule, Reason: verb + " by default: the caller is not authenticated"}
+	p.groupMissDecision = Decision{Allow: def == Allow, Rule: DefaultRule, Reason: verb + " by default: no permission of the caller's intention matches"}
 
 	store := make([]entry, len(entries))
 	for i := range entries {
@@ -210,8 +223,18 @@ func buildPolicy(entries []entry, def Action) *Policy {
 	return p
 }
 
-// byAction orders denies first, then by seq.
+// byAction orders grouped entries first, in rule order (a group is an
+// ordered list), then denies, then allows, each by seq.
 func byAction(x, y *entry) int {
+	if x.grouped != y.grouped {
+		if x.grouped {
+			return -1
+		}
+		return 1
+	}
+	if x.grouped {
+		return cmp.Compare(x.seq, y.seq)
+	}
 	if x.action != y.action {
 		if x.action == Deny {
 			return -1
@@ -254,48 +277,56 @@ func (p *Policy) Authorize(_ context.Context, r Request) Decision {
 		return p.unauthDecision
 	}
 	if b := p.byDest[r.Destination]; b != nil {
-		if e := b.find(&r); e != nil {
+		if e, final := b.find(&r); e != nil {
 			return e.decision
+		} else if final {
+			return p.groupMissDecision
 		}
 	}
 	if p.anyDest != nil {
-		if e := p.anyDest.find(&r); e != nil {
+		if e, final := p.anyDest.find(&r); e != nil {
 			return e.decision
+		} else if final {
+			return p.groupMissDecision
 		}
 	}
 	return p.defaultDecision
 }
 
-// find returns the first applicable entry in precedence order, or nil.
-func (b *bucket) find(r *Request) *entry {
+// find returns the first applicable entry in precedence order, or nil;
+// final reports that a permission group applied to the caller but none of
+// its rules matched, which ends the search with the default action.
+func (b *bucket) find(r *Request) (e *entry, final bool) {
 	id := r.Source.SPIFFE
 	if id != "" {
-		if e := first(b.spiffe[id], r); e != nil {
-			return e
+		if e, final := first(b.spiffe[id], r); e != nil || final {
+			return e, final
 		}
 	}
 	if r.Source.Service != "" {
-		if e := first(b.name[r.Source.Service], r); e != nil {
-			return e
+		if e, final := first(b.name[r.Source.Service], r); e != nil || final {
+			return e, final
 		}
 	}
 	if id != "" {
 		for _, e := range b.patterns {
 			if len(id) > len(e.src.key) && strings.HasPrefix(id, e.src.key) && e.cond.match(r) {
-				return e
+				return e, false
 			}
 		}
 	}
 	return first(b.any, r)
 }
 
-func first(l []*entry, r *Request) *entry {
+// first returns the first entry of l whose conditions match r; when none
+// does and l holds a permission group, final is true.
+func first(l []*entry, r *Request) (e *entry, final bool) {
 	for _, e := range l {
 		if e.cond.match(r) {
-			return e
+			return e, false
 		}
 	}
-	return nil
+	return nil, len(l) > 0 && l[0].grouped
 }
 
 // describe writes the Reason of rule r for its From entry from, such as

@@ -42,6 +42,14 @@ type Rule struct {
 	Paths []PathMatch
 	// Headers must all match; empty means no header condition.
 	Headers []HeaderMatch
+	// Group, when set, makes the rule one of an ordered permission list,
+	// as the L7 permissions of one Consul intention are: the rules of a
+	// group share From and To, are tried in order, the first whose
+	// conditions match decides, and a request that matches none of them
+	// gets the default action instead of falling through to rules of lower
+	// precedence. At a precedence level that holds a group, the group is
+	// tried before ungrouped rules. Default: no group.
+	Group string
 }
 
 // PathMatch matches the normalized request path. Exactly one field is set,

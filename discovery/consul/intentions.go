@@ -65,15 +65,10 @@ type IntentionOptions struct {
 // names a service in any namespace); denies from them are kept for the
 // service name in any namespace.
 //
-// The rules are then decided by package policy, whose semantics differ
-// from Consul's for L7 intentions in two ways, both documented there: at
-// equal precedence a deny beats an allow (Consul: the first matching
-// permission of an intention decides), and a request that matches none of
-// a caller's permissions falls through to the rules of lower precedence
-// (Consul: to the default). Where that changes a decision (a deny
-// permission that can match what an earlier allow permission lets through;
-// an L7 intention with an allow of lower precedence below it for the same
-// caller), the watch logs a warning, once.
+// The permissions of one L7 intention become one policy.Rule group
+// (Rule.Group), so package policy decides them as Consul does: the first
+// matching permission decides, and a request that matches none of them
+// gets the default action rather than a rule of lower precedence.
 //
 // Intentions is safe for concurrent use; each Watch runs its own loop.
 type Intentions struct {
@@ -222,12 +217,6 @@ func (in *Intentions) jwtGated(ctx context.Context, ixns []*api.Intention) (map[
 // requires a JWT. It never returns nil.
 func (in *Intentions) translate(ixns []*api.Intention, jwtGated map[string]bool) []policy.Rule {
 	rules := []policy.Rule{}
-	type l7 struct {
-		name, from, to string
-		first          int // index in rules of its first rule
-		n              int
-	}
-	var groups []l7
 	for _, ixn := range ixns {
 		if ixn == nil {
 			continue
@@ -262,7 +251,6 @@ func (in *Intentions) translate(ixns []*api.Intention, jwtGated map[string]bool)
 			rules = in.appendValid(rules, policy.Rule{Name: name, From: []string{src}, To: dst, Action: action})
 			continue
 		}
-		g := l7{name: name, from: src, to: dst, first: len(rules)}
 		for i, perm := range ixn.Permissions {
 			if perm == nil {
 				continue
@@ -272,6 +260,10 @@ func (in *Intentions) translate(ixns []*api.Intention, jwtGated map[string]bool)
 			if !ok {
 				continue
 			}
+			// The permissions of one intention are an ordered list: the
+			// first that matches decides, and a request matching none gets
+			// the default, as in Consul.
+			r.Group = name
 			if otherNS {
 				if r.Action == policy.Allow {
 					in.warn("consul intention permission skipped: an allow from another namespace or partition cannot be expressed", "intention", pname)
@@ -280,31 +272,6 @@ func (in *Intentions) translate(ixns []*api.Intention, jwtGated map[string]bool)
 				in.warn("consul intention from another namespace or partition applied to the service name in every namespace", "intention", pname)
 			}
 			rules = in.appendValid(rules, r)
-		}
-		g.n = len(rules) - g.first
-		groups = append(groups, g)
-	}
-
-	// Warn where package policy decides differently from Consul.
-	for _, g := range groups {
-		perms := rules[g.first : g.first+g.n]
-		for j, d := range perms {
-			if d.Action != policy.Deny {
-				continue
-			}
-			for _, a := range perms[:j] {
-				if a.Action == policy.Allow && mayOverlap(a, d) {
-					in.warn("consul intention permissions overlap: sidemesh denies requests both match (a deny beats an allow at equal precedence); Consul would apply the first, an allow",
-						"allow", a.Name, "deny", d.Name)
-				}
-			}
-		}
-		for _, r := range rules[g.first+g.n:] {
-			if r.Action == policy.Allow && below(r, g.from, g.to) {
-				in.warn("consul intention: requests matching none of its permissions fall through to a lower allow in sidemesh; Consul would apply the default",
-					"intention", g.name, "lower_allow", r.Name)
-				break
-			}
 		}
 	}
 	return rules
@@ -431,87 +398,6 @@ func foreignSource(ixn *api.Intention) string {
 		return "has type " + string(ixn.SourceType)
 	}
 	return ""
-}
-
-// below reports whether r has a lower precedence than an intention from
-// -> to and can apply to the same callers, as package policy ranks them.
-func below(r policy.Rule, from, to string) bool {
-	for _, f := range r.From {
-		switch {
-		case r.To == to && f == "*" && from != "*":
-			return true
-		case r.To == "*" && to != "*" && (f == from || f == "*"):
-			return true
-		}
-	}
-	return false
-}
-
-// mayOverlap reports whether some request could match the conditions of
-// both a and b. It errs on the side of true: it reports false only for
-// conditions that are plainly disjoint (no common method, paths that
-// cannot both match, or contradictory matches of one header).
-func mayOverlap(a, b policy.Rule) bool {
-	if len(a.Methods) > 0 && len(b.Methods) > 0 && !anyCommon(a.Methods, b.Methods) {
-		return false
-	}
-	if len(a.Paths) == 1 && len(b.Paths) == 1 && !pathsMayOverlap(a.Paths[0], b.Paths[0]) {
-		return false
-	}
-	for _, ha := range a.Headers {
-		for _, hb := range b.Headers {
-			if strings.EqualFold(ha.Name, hb.Name) && headersDisjoint(ha, hb) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func anyCommon(a, b []string) bool {
-	for _, x := range a {
-		for _, y := range b {
-			if strings.EqualFold(x, y) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func pathsMayOverlap(a, b policy.PathMatch) bool {
-	switch {
-	case a.Exact != "" && b.Exact != "":
-		return a.Exact == b.Exact
-	case a.Exact != "":
-		return strings.HasPrefix(a.Exact, b.Prefix)
-	case b.Exact != "":
-		return strings.HasPrefix(b.Exact, a.Prefix)
-	}
-	return strings.HasPrefix(a.Prefix, b.Prefix) || strings.HasPrefix(b.Prefix, a.Prefix)
-}
-
-// headersDisjoint reports whether two matches of the same header can never
-// both hold.
-func headersDisjoint(a, b policy.HeaderMatch) bool {
-	absent := func(h policy.HeaderMatch) bool { return h.Present && h.Invert }
-	switch {
-	case absent(a) && !b.Invert, absent(b) && !a.Invert:
-		return true // one needs the header absent, the other a value
-	case a.Invert != b.Invert:
-		return a.Present == b.Present && a.Exact == b.Exact && a.Prefix == b.Prefix // h and not h
-	case a.Invert:
-		return false
-	case a.Exact != "" && b.Exact != "":
-		return a.Exact != b.Exact
-	case a.Exact != "" && b.Prefix != "":
-		return !strings.HasPrefix(a.Exact, b.Prefix)
-	case b.Exact != "" && a.Prefix != "":
-		return !strings.HasPrefix(b.Exact, a.Prefix)
-	case a.Prefix != "" && b.Prefix != "":
-		return !strings.HasPrefix(a.Prefix, b.Prefix) && !strings.HasPrefix(b.Prefix, a.Prefix)
-	}
-	return false
 }
 
 // cloneRules returns a deep copy of rules.

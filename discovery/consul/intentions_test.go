@@ -64,11 +64,11 @@ func TestTranslateIntentions(t *testing.T) {
 				}}),
 			)},
 			want: []policy.Rule{
-				{Name: "consul intention api -> cart permission 1", From: []string{"api"}, To: "cart", Action: policy.Deny,
+				{Name: "consul intention api -> cart permission 1", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny,
 					Paths: []policy.PathMatch{{Exact: "/admin"}}, Headers: []policy.HeaderMatch{{Name: "X-Debug", Present: true}}},
-				{Name: "consul intention api -> cart permission 2", From: []string{"api"}, To: "cart", Action: policy.Allow,
+				{Name: "consul intention api -> cart permission 2", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Allow,
 					Methods: []string{"GET", "HEAD"}, Paths: []policy.PathMatch{{Prefix: "/api/"}}},
-				{Name: "consul intention api -> cart permission 3", From: []string{"api"}, To: "cart", Action: policy.Allow,
+				{Name: "consul intention api -> cart permission 3", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Allow,
 					Headers: []policy.HeaderMatch{{Name: "X-Env", Exact: "canary"}, {Name: "X-Tenant", Prefix: "acme-", Invert: true}}},
 			},
 		},
@@ -76,7 +76,7 @@ func TestTranslateIntentions(t *testing.T) {
 			name: "paths are normalized",
 			ixns: []*api.Intention{l7("api", "cart", perm("allow", &api.IntentionHTTPPermission{PathPrefix: "/a//b/./c/"}))},
 			want: []policy.Rule{
-				{Name: "consul intention api -> cart permission 1", From: []string{"api"}, To: "cart", Action: policy.Allow,
+				{Name: "consul intention api -> cart permission 1", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Allow,
 					Paths: []policy.PathMatch{{Prefix: "/a/b/c/"}}},
 			},
 		},
@@ -90,7 +90,7 @@ func TestTranslateIntentions(t *testing.T) {
 				perm("allow", &api.IntentionHTTPPermission{PathPrefix: "/ok/"}),
 			)},
 			want: []policy.Rule{
-				{Name: "consul intention api -> cart permission 5", From: []string{"api"}, To: "cart", Action: policy.Allow,
+				{Name: "consul intention api -> cart permission 5", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Allow,
 					Paths: []policy.PathMatch{{Prefix: "/ok/"}}},
 			},
 			warns: []string{
@@ -107,8 +107,8 @@ func TestTranslateIntentions(t *testing.T) {
 				perm("deny", &api.IntentionHTTPPermission{PathPrefix: "/x/", Header: []api.IntentionHTTPHeaderPermission{{Name: "X-A", Regex: "b+"}, {Name: "X-B", Present: true}}}),
 			)},
 			want: []policy.Rule{
-				{Name: "consul intention api -> cart permission 1", From: []string{"api"}, To: "cart", Action: policy.Deny, Methods: []string{"POST"}},
-				{Name: "consul intention api -> cart permission 2", From: []string{"api"}, To: "cart", Action: policy.Deny,
+				{Name: "consul intention api -> cart permission 1", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny, Methods: []string{"POST"}},
+				{Name: "consul intention api -> cart permission 2", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny,
 					Paths: []policy.PathMatch{{Prefix: "/x/"}}, Headers: []policy.HeaderMatch{{Name: "X-B", Present: true}}},
 			},
 			warns: []string{
@@ -130,7 +130,7 @@ func TestTranslateIntentions(t *testing.T) {
 			gated: map[string]bool{"cart": true},
 			want: []policy.Rule{
 				{Name: "consul intention web -> cart", From: []string{"web"}, To: "cart", Action: policy.Deny},
-				{Name: "consul intention api -> cart permission 2", From: []string{"api"}, To: "cart", Action: policy.Deny,
+				{Name: "consul intention api -> cart permission 2", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny,
 					Paths: []policy.PathMatch{{Prefix: "/admin/"}}},
 				{Name: "consul intention ops -> *", From: []string{"ops"}, To: "*", Action: policy.Allow},
 			},
@@ -154,7 +154,7 @@ func TestTranslateIntentions(t *testing.T) {
 			warns: []string{"source=\"is in cluster peer east\"", "source=\"is sameness group g\"", "an allow from another namespace", "applied to the service name in every namespace"},
 		},
 		{
-			name: "policy divergences are warned about",
+			name: "the permissions of an intention are one ordered group",
 			ixns: []*api.Intention{
 				l7("api", "cart",
 					perm("allow", &api.IntentionHTTPPermission{PathPrefix: "/api/", Methods: []string{"GET"}}),
@@ -165,19 +165,15 @@ func TestTranslateIntentions(t *testing.T) {
 				l4("*", "cart", "allow"),
 			},
 			want: []policy.Rule{
-				{Name: "consul intention api -> cart permission 1", From: []string{"api"}, To: "cart", Action: policy.Allow,
+				{Name: "consul intention api -> cart permission 1", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Allow,
 					Methods: []string{"GET"}, Paths: []policy.PathMatch{{Prefix: "/api/"}}},
-				{Name: "consul intention api -> cart permission 2", From: []string{"api"}, To: "cart", Action: policy.Deny,
+				{Name: "consul intention api -> cart permission 2", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny,
 					Paths: []policy.PathMatch{{Prefix: "/internal/"}}},
-				{Name: "consul intention api -> cart permission 3", From: []string{"api"}, To: "cart", Action: policy.Deny,
+				{Name: "consul intention api -> cart permission 3", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny,
 					Methods: []string{"POST"}, Paths: []policy.PathMatch{{Prefix: "/api/"}}},
-				{Name: "consul intention api -> cart permission 4", From: []string{"api"}, To: "cart", Action: policy.Deny,
+				{Name: "consul intention api -> cart permission 4", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny,
 					Paths: []policy.PathMatch{{Prefix: "/"}}},
 				{Name: "consul intention * -> cart", From: []string{"*"}, To: "cart", Action: policy.Allow},
-			},
-			warns: []string{
-				`allow="consul intention api -> cart permission 1" deny="consul intention api -> cart permission 4"`,
-				`intention="consul intention api -> cart" lower_allow="consul intention * -> cart"`,
 			},
 		},
 	} {
@@ -211,38 +207,6 @@ func TestTranslateIntentions(t *testing.T) {
 				t.Errorf("after a second translation: %d warnings, want %d", n, want)
 			}
 		})
-	}
-}
-
-func TestMayOverlap(t *testing.T) {
-	t.Parallel()
-	hdr := func(h ...policy.HeaderMatch) policy.Rule { return policy.Rule{Headers: h} }
-	for _, tc := range []struct {
-		a, b policy.Rule
-		want bool
-	}{
-		{policy.Rule{}, policy.Rule{}, true},
-		{policy.Rule{Methods: []string{"GET"}}, policy.Rule{Methods: []string{"POST"}}, false},
-		{policy.Rule{Methods: []string{"GET", "POST"}}, policy.Rule{Methods: []string{"POST"}}, true},
-		{policy.Rule{Paths: []policy.PathMatch{{Prefix: "/api/"}}}, policy.Rule{Paths: []policy.PathMatch{{Prefix: "/"}}}, true},
-		{policy.Rule{Paths: []policy.PathMatch{{Prefix: "/api/"}}}, policy.Rule{Paths: []policy.PathMatch{{Prefix: "/web/"}}}, false},
-		{policy.Rule{Paths: []policy.PathMatch{{Exact: "/a"}}}, policy.Rule{Paths: []policy.PathMatch{{Exact: "/b"}}}, false},
-		{policy.Rule{Paths: []policy.PathMatch{{Exact: "/api/x"}}}, policy.Rule{Paths: []policy.PathMatch{{Prefix: "/api/"}}}, true},
-		{policy.Rule{Paths: []policy.PathMatch{{Exact: "/web"}}}, policy.Rule{Paths: []policy.PathMatch{{Prefix: "/api/"}}}, false},
-		{hdr(policy.HeaderMatch{Name: "X", Present: true, Invert: true}), hdr(policy.HeaderMatch{Name: "x", Exact: "1"}), false},
-		{hdr(policy.HeaderMatch{Name: "X", Exact: "1"}), hdr(policy.HeaderMatch{Name: "X", Exact: "2"}), false},
-		{hdr(policy.HeaderMatch{Name: "X", Exact: "1"}), hdr(policy.HeaderMatch{Name: "X", Exact: "1", Invert: true}), false},
-		{hdr(policy.HeaderMatch{Name: "X", Exact: "1"}), hdr(policy.HeaderMatch{Name: "X", Exact: "2", Invert: true}), true},
-		{hdr(policy.HeaderMatch{Name: "X", Prefix: "ab"}), hdr(policy.HeaderMatch{Name: "X", Exact: "abc"}), true},
-		{hdr(policy.HeaderMatch{Name: "X", Prefix: "ab"}), hdr(policy.HeaderMatch{Name: "X", Prefix: "b"}), false},
-		{hdr(policy.HeaderMatch{Name: "X", Exact: "1"}), hdr(policy.HeaderMatch{Name: "Y", Exact: "2"}), true},
-	} {
-		if got := mayOverlap(tc.a, tc.b); got != tc.want {
-			t.Errorf("mayOverlap(%+v, %+v) = %v, want %v", tc.a, tc.b, got, tc.want)
-		}
-		if got := mayOverlap(tc.b, tc.a); got != tc.want {
-			t.Errorf("mayOverlap(%+v, %+v) = %v, want %v", tc.b, tc.a, got, tc.want)
-		}
 	}
 }
 
@@ -336,9 +300,9 @@ func TestIntentionsWatch(t *testing.T) {
 	))
 	t.Logf("first intentions seen %v after the watch started", time.Since(start).Round(time.Millisecond))
 	want := []policy.Rule{
-		{Name: "consul intention api -> cart permission 1", From: []string{"api"}, To: "cart", Action: policy.Allow,
+		{Name: "consul intention api -> cart permission 1", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Allow,
 			Methods: []string{"GET"}, Paths: []policy.PathMatch{{Prefix: "/api/"}}},
-		{Name: "consul intention api -> cart permission 2", From: []string{"api"}, To: "cart", Action: policy.Deny,
+		{Name: "consul intention api -> cart permission 2", Group: "consul intention api -> cart", From: []string{"api"}, To: "cart", Action: policy.Deny,
 			Paths: []policy.PathMatch{{Prefix: "/"}}},
 		{Name: "consul intention web -> cart", From: []string{"web"}, To: "cart", Action: policy.Deny},
 		{Name: "consul intention * -> cart", From: []string{"*"}, To: "cart", Action: policy.Allow},
@@ -347,10 +311,8 @@ func TestIntentionsWatch(t *testing.T) {
 		t.Errorf("rules:\n got %+v\nwant %+v", rules, want)
 	}
 
-	// What package policy makes of them. L4 intentions decide as in
-	// Consul. The L7 list does not: Consul lets api GET /api/x through
-	// (its first permission matches), sidemesh denies it (at equal
-	// precedence a deny beats an allow), and says so in a warning.
+	// What package policy makes of them: the same decisions as Consul's.
+	// The first matching permission of api's intention decides.
 	p, err := policy.NewPolicy(rules, policy.Deny)
 	if err != nil {
 		t.Fatal(err)
@@ -363,7 +325,7 @@ func TestIntentionsWatch(t *testing.T) {
 		{"web", "GET", "/", false, "consul intention web -> cart"},
 		{"billing", "POST", "/x", true, "consul intention * -> cart"},
 		{"api", "POST", "/api/x", false, "consul intention api -> cart permission 2"},
-		{"api", "GET", "/api/x", false, "consul intention api -> cart permission 2"}, // Consul: allow
+		{"api", "GET", "/api/x", true, "consul intention api -> cart permission 1"},
 	} {
 		d := p.Authorize(context.Background(), policy.Request{
 			Source:      policy.Source{Service: tc.from, SPIFFE: "spiffe://x.consul/ns/default/dc/dc1/svc/" + tc.from},
@@ -372,9 +334,6 @@ func TestIntentionsWatch(t *testing.T) {
 		if d.Allow != tc.allow || d.Rule != tc.rule {
 			t.Errorf("%s %s %s: %+v, want allow=%v by %s", tc.from, tc.method, tc.path, d, tc.allow, tc.rule)
 		}
-	}
-	if logs.count("consul intention permissions overlap") != 1 {
-		t.Errorf("no warning about the overlapping permissions:\n%s", logs.String())
 	}
 
 	// An update: web is allowed now.
