@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -281,4 +282,42 @@ upstreams:
 		t.Fatalf("%d of %d requests failed during rotation", failed.Load(), sent.Load())
 	}
 	t.Logf("%d requests, 10 certificate rotations, none failed", sent.Load())
+}
+
+// TestPolicyReload changes the rules with a reload: the new ones decide
+// the next request, on the connection already open.
+func TestPolicyReload(t *testing.T) {
+	ca := newMeshCA(t, "mesh.local")
+	port, _ := echoApp(t)
+	cartIn := freeAddr(t)
+	cartCfg := func(rules string) string {
+		return fmt.Sprintf(`
+service: { name: cart, port: %d }
+inbound: { listen: %s }
+outbound: { listen: %s }
+%s
+policy: { rules: [%s] }
+`, port, cartIn, "127.0.0.1:1", ca.leaf("cart"), rules)
+	}
+	cartOut := freeAddr(t)
+	first := strings.Replace(cartCfg(`{ from: [web], action: allow }`), "127.0.0.1:1", cartOut, 1)
+	cart := start(t, parse(t, first))
+	out := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+%s
+upstreams:
+  - { service: cart, endpoints: [{ address: %s }], retries: { attempts: 0 } }
+`, out, ca.leaf("web"), cartIn)))
+	c := newClient(t)
+	if code, body, err := do(c, out, "cart", "GET", "/x", nil); err != nil || code != 200 {
+		t.Fatalf("before reload: %d %q %v", code, body, err)
+	}
+	next := strings.Replace(cartCfg(`{ from: [web], action: deny }`), "127.0.0.1:1", cartOut, 1)
+	if err := cart.Reload(context.Background(), parse(t, next)); err != nil {
+		t.Fatal(err)
+	}
+	if code, body, err := do(c, out, "cart", "GET", "/x", nil); err != nil || code != 403 || !strings.Contains(body, "policy.rules[0]") {
+		t.Fatalf("after reload: %d %q %v, want 403 naming policy.rules[0]", code, body, err)
+	}
 }
