@@ -321,3 +321,74 @@ upstreams:
 		t.Fatalf("after reload: %d %q %v, want 403 naming policy.rules[0]", code, body, err)
 	}
 }
+
+// TestMTLSTCPInbound runs raw TCP over mutual TLS: an allowed caller's
+// bytes reach the app; a denied caller's connection is closed after the
+// handshake, before anything reaches the app.
+func TestMTLSTCPInbound(t *testing.T) {
+	ca := newMeshCA(t, "mesh.local")
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	dbIn := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+service: { name: db, port: %d, protocol: tcp }
+inbound: { listen: %s }
+outbound: { listen: %s }
+%s
+policy: { rules: [{ from: [web], action: allow }] }
+`, echo.Addr().(*net.TCPAddr).Port, dbIn, freeAddr(t), ca.leaf("db"))))
+
+	caller := func(name string) string {
+		listen := freeAddr(t)
+		start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+%s
+upstreams:
+  - { service: db, protocol: tcp, listen: %s, endpoints: [{ address: %s }] }
+`, freeAddr(t), ca.leaf(name), listen, dbIn)))
+		return listen
+	}
+	roundTrip := func(addr string) error {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "ping\n"); err != nil {
+			return err
+		}
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		if string(buf) != "ping\n" {
+			return fmt.Errorf("echo %q", buf)
+		}
+		return nil
+	}
+	if err := roundTrip(caller("web")); err != nil {
+		t.Fatalf("allowed caller: %v", err)
+	}
+	before := accepted.Load()
+	if err := roundTrip(caller("evil")); err == nil {
+		t.Fatal("denied caller got an echo")
+	}
+	if accepted.Load() != before {
+		t.Fatal("denied caller's connection reached the app")
+	}
+}

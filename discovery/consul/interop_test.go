@@ -204,12 +204,16 @@ func TestInteropWithConsulProxy(t *testing.T) {
 		}
 		return nil
 	})
-	if out := proxy.Output(); !strings.Contains(out, "authz call denied") {
-		t.Errorf("built-in proxy did not log a denial:\n%s", out)
-	} else {
-		i := strings.LastIndex(out, "authz call denied")
-		t.Logf("built-in proxy: %s", strings.SplitN(out[i:], "\n", 2)[0])
-	}
+	// The proxy logs the denial just after it closes the connection.
+	eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(proxy.Output(), "authz call denied") {
+			return errors.New("built-in proxy did not log a denial")
+		}
+		return nil
+	})
+	out := proxy.Output()
+	i := strings.LastIndex(out, "authz call denied")
+	t.Logf("built-in proxy: %s", strings.SplitN(out[i:], "\n", 2)[0])
 	setIntention(api.IntentionActionAllow)
 	eventually(t, 10*time.Second, func() error {
 		_, err := get(fresh, "https://"+public+"/")
