@@ -357,7 +357,7 @@ func startWatch(ctx context.Context, bal *balancer.Balancer, src discovery.Sourc
 func waitFirst(ups map[string]*upstream, log *slog.Logger) {
 	timer := time.NewTimer(initialFetchTimeout)
 	defer timer.Stop()
-	for name, u := range ups {
+	for _, u := range ups {
 		select {
 		case <-u.w.first:
 		case <-timer.C:
@@ -371,7 +371,6 @@ func waitFirst(ups map[string]*upstream, log *slog.Logger) {
 			}
 			return
 		}
-		_ = name
 	}
 }
 
