@@ -38,7 +38,10 @@ type backends struct {
 	registrar     *consul.Registrar
 	registrarOpts consul.RegistrarOptions
 
-	mu       sync.Mutex // guards below
+	mu sync.Mutex // guards below
+	// watches are the Consul sources of the current upstreams, by
+	// upstream, for the admin API.
+	watches  map[string]*consul.Source
 	self     discovery.Instance
 	healthy  bool
 	stopLoop context.CancelFunc // registration retry and local health checks
@@ -258,15 +261,33 @@ func (b *backends) source(cfg *config.Config, u config.Upstream) (discovery.Sour
 			if dc == "" {
 				dc = cfg.Discovery.Consul.Datacenter
 			}
-			srcs = append(srcs, consul.NewSource(b.consul, consul.SourceOptions{
+			src := consul.NewSource(b.consul, consul.SourceOptions{
 				Mesh: u.Consul.Mesh, Datacenter: dc, Tags: u.Consul.Tags,
 				Logger: b.log.With("backend", "consul", "upstream", u.Service),
-			}))
+			})
+			b.mu.Lock()
+			if b.watches == nil {
+				b.watches = map[string]*consul.Source{}
+			}
+			b.watches[u.Service] = src
+			b.mu.Unlock()
+			srcs = append(srcs, src)
 		case config.SourceGossip:
 			srcs = append(srcs, b.pool)
 		}
 	}
 	return discovery.Merge(srcs...), key
+}
+
+// consulWatches returns the Consul sources of the upstreams, by upstream.
+func (b *backends) consulWatches() map[string]*consul.Source {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]*consul.Source, len(b.watches))
+	for k, v := range b.watches {
+		out[k] = v
+	}
+	return out
 }
 
 // compatible reports whether cfg can be applied to the running backends:

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
 )
@@ -280,6 +281,8 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 			h = stripIdentity(h)
 		}
 		return newHTTPServer(spec, h, s.security.serverTLS(), log)
+	case spec.role == roleAdmin:
+		return newHTTPServer(spec, admin.Handler(adminState{s}), nil, log)
 	case spec.role == roleOutbound:
 		return newHTTPServer(spec, &proxy.Handler{Router: hostRouter{s}, Describe: func() string {
 			return s.routes.Load().known
@@ -343,6 +346,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 const (
 	roleInbound        = "inbound"
 	roleOutbound       = "outbound"
+	roleAdmin          = "admin"
 	roleUpstreamPrefix = "upstream/"
 )
 
@@ -356,6 +360,9 @@ func listenerSpecs(cfg *config.Config) map[string]listenerSpec {
 		}
 	}
 	specs[cfg.Outbound.Listen] = listenerSpec{addr: cfg.Outbound.Listen, role: roleOutbound, opts: cfg.Outbound}
+	if cfg.Admin != nil {
+		specs[cfg.Admin.Listen] = listenerSpec{addr: cfg.Admin.Listen, role: roleAdmin, opts: cfg.Outbound}
+	}
 	for _, u := range cfg.Upstreams {
 		if u.Listen == "" {
 			continue

@@ -19,6 +19,9 @@ type Config struct {
 	// Outbound is the loopback listener the local app sends plain HTTP to;
 	// the Host header names the upstream. Default 127.0.0.1:15001.
 	Outbound Listener `yaml:"outbound"`
+	// Admin, when set, serves the admin API (readiness, endpoints,
+	// discovery and identity state). Default listen 127.0.0.1:19000.
+	Admin *Admin `yaml:"admin"`
 	// Upstreams are the services the local app may call.
 	Upstreams []Upstream `yaml:"upstreams"`
 	// TrustedProxies lists the CIDRs whose X-Forwarded-* headers are kept
@@ -155,6 +158,16 @@ type Upstream struct {
 	// resets and 503, within a budget).
 	Retries Retries `yaml:"retries"`
 }
+
+// Admin configures the admin API listener.
+type Admin struct {
+	// Listen is the "host:port" to bind; keep it on loopback. Default
+	// 127.0.0.1:19000.
+	Listen string `yaml:"listen"`
+}
+
+// setDefaults fills an Admin section the file is about to overlay.
+func (a *Admin) setDefaults() { *a = Admin{Listen: "127.0.0.1:19000"} }
 
 // Endpoint is a static upstream endpoint.
 type Endpoint struct {

@@ -69,6 +69,9 @@ func (c *Config) validate() ErrorList {
 	}
 	v.listener("inbound", &c.Inbound, c.Service != nil)
 	v.listener("outbound", &c.Outbound, true)
+	if c.Admin != nil {
+		v.listen("admin.listen", c.Admin.Listen, true)
+	}
 	for i := range c.Upstreams {
 		v.upstream(i, &c.Upstreams[i])
 	}

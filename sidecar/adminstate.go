@@ -1,0 +1,128 @@
+package sidecar
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sidemesh/sidemesh/sidecar/admin"
+	"github.com/sidemesh/sidemesh/sidecar/config"
+)
+
+// adminState is the admin API's view of a Sidecar.
+type adminState struct{ s *Sidecar }
+
+var _ admin.Provider = adminState{}
+
+// Ready implements admin.Provider: started, every upstream has had a
+// first snapshot, and with mTLS a certificate is loaded.
+func (a adminState) Ready() (bool, string) {
+	s := a.s
+	s.mu.Lock()
+	started, stopped := s.started, s.stopped
+	s.mu.Unlock()
+	switch {
+	case stopped:
+		return false, "shutting down"
+	case !started:
+		return false, "starting"
+	}
+	t := s.routes.Load()
+	names := make([]string, 0, len(t.byName))
+	for n := range t.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		select {
+		case <-t.byName[n].w.first:
+		default:
+			return false, fmt.Sprintf("upstream %s has no discovery snapshot yet", n)
+		}
+	}
+	if s.security != nil && s.security.src.Current() == nil {
+		return false, "no certificate loaded yet"
+	}
+	return true, ""
+}
+
+// Config implements admin.Provider: the effective config with its YAML
+// key names. It holds no secret inline (tokens and keys are referenced by
+// file path), so nothing needs redacting.
+func (a adminState) Config() any {
+	b, err := yaml.Marshal(a.s.Config())
+	if err != nil {
+		return map[string]string{"error": err.Error()}
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		return map[string]string{"error": err.Error()}
+	}
+	return m
+}
+
+// Upstreams implements admin.Provider.
+func (a adminState) Upstreams() []admin.Upstream {
+	t := a.s.routes.Load()
+	cfg := a.s.Config()
+	out := make([]admin.Upstream, 0, len(t.byName))
+	for name, u := range t.byName {
+		up := admin.Upstream{Service: name, Balancer: u.cfg.Balancer, Sources: cfg.Sources(&u.cfg)}
+		for _, ep := range u.bal.Endpoints() {
+			e := admin.Endpoint{
+				ID: ep.ID, Address: ep.Addr, Weight: ep.Weight, Zone: ep.Zone,
+				InFlight: ep.InFlight(), LatencyMS: float64(ep.Latency()) / float64(time.Millisecond),
+				Breaker: ep.BreakerState().String(), Healthy: ep.Healthy(),
+			}
+			if until := ep.EjectedUntil(); !until.IsZero() {
+				e.EjectedUntil = &until
+			}
+			up.Endpoints = append(up.Endpoints, e)
+		}
+		out = append(out, up)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
+	return out
+}
+
+// Discovery implements admin.Provider: the health of each upstream's
+// Consul watch (gossip and static sources have no failure mode of their
+// own to report).
+func (a adminState) Discovery() []admin.Source {
+	var out []admin.Source
+	for name, src := range a.s.backends.consulWatches() {
+		st := admin.Source{Upstream: name, Backend: config.SourceConsul, Healthy: src.Healthy()}
+		if err := src.LastError(); err != nil && !st.Healthy {
+			st.Error = err.Error()
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Upstream < out[j].Upstream })
+	return out
+}
+
+// Members implements admin.Provider.
+func (a adminState) Members() []admin.Member {
+	if a.s.backends.pool == nil {
+		return nil
+	}
+	var out []admin.Member
+	for _, m := range a.s.backends.pool.Members() {
+		out = append(out, admin.Member{Name: m.Name, Addr: m.Addr, State: m.State.String(), Since: m.Since})
+	}
+	return out
+}
+
+// Identity implements admin.Provider.
+func (a adminState) Identity() *admin.Identity {
+	if a.s.security == nil {
+		return nil
+	}
+	b := a.s.security.src.Current()
+	if b == nil {
+		return nil
+	}
+	return &admin.Identity{SPIFFEID: b.ID.String(), NotAfter: b.NotAfter, ExpiresInSeconds: time.Until(b.NotAfter).Seconds()}
+}
