@@ -293,6 +293,9 @@ func (b *backends) consulWatches() map[string]*consul.Source {
 // compatible reports whether cfg can be applied to the running backends:
 // the discovery section itself cannot change without a restart.
 func (b *backends) compatible(cfg *config.Config) error {
+	if b == nil {
+		return errors.New("sidecar: not started")
+	}
 	if !reflect.DeepEqual(b.cfg, cfg.Discovery) {
 		return errors.New("the discovery section changed; restart sidemesh to apply it")
 	}
@@ -302,6 +305,9 @@ func (b *backends) compatible(cfg *config.Config) error {
 // stop withdraws the local service (Consul deregistration, gossip leave)
 // so peers stop sending to it, then closes the backends.
 func (b *backends) stop(ctx context.Context) {
+	if b == nil {
+		return // the sidecar never started
+	}
 	b.mu.Lock()
 	if b.stopLoop != nil {
 		b.stopLoop()

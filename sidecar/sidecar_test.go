@@ -324,3 +324,12 @@ upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
 	}
 	<-done
 }
+
+// TestShutdownBeforeStart: shutting down a sidecar that never started is
+// harmless.
+func TestShutdownBeforeStart(t *testing.T) {
+	s := New(parse(t, "outbound: { listen: 127.0.0.1:1 }\n"), quietLogger())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.Shutdown(ctx)
+}
