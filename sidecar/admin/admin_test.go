@@ -15,7 +15,9 @@ type fake struct {
 }
 
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
-func (f *fake) Config() any          { return map[string]any{"outbound": map[string]string{"listen": "127.0.0.1:15001"}} }
+func (f *fake) Config() any {
+	return map[string]any{"outbound": map[string]string{"listen": "127.0.0.1:15001"}}
+}
 func (f *fake) Upstreams() []Upstream {
 	until := time.Unix(100, 0).UTC()
 	return []Upstream{{Service: "cart", Balancer: "round_robin", Sources: []string{"static"}, Endpoints: []Endpoint{
