@@ -303,3 +303,47 @@ upstreams:
 		}
 	}
 }
+
+// TestActiveHealthChecks: an endpoint that fails its health checks gets
+// no traffic, and gets it back once it passes again.
+func TestActiveHealthChecks(t *testing.T) {
+	a, b := newControlledBackend(t, "a"), newControlledBackend(t, "b")
+	out := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams:
+  - service: svc
+    endpoints: [{ address: %s }, { address: %s }]
+    health_check: { path: /healthz, interval: 50ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }
+    circuit_breaker: { enabled: false }
+    outlier: { enabled: false }
+`, out, a.addr, b.addr)))
+	c := newClient(t)
+	// b answers its health checks (and everything else) with 500: after
+	// two failed checks it gets no more requests, without any client
+	// request having failed against it first.
+	b.mode.Store(int32(mode500))
+	waitFor := func(what string, cond func(map[string]int) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			seen := map[string]int{}
+			for range 10 {
+				if code, body, err := get(c, out, "svc"); err == nil && code == 200 {
+					seen[body]++
+				} else {
+					seen["error"]++
+				}
+			}
+			if cond(seen) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: last round %v", what, seen)
+			}
+		}
+	}
+	waitFor("b taken out by its health checks", func(s map[string]int) bool { return s["a"] == 10 })
+	b.mode.Store(int32(modeOK))
+	waitFor("b back after passing", func(s map[string]int) bool { return s["a"] > 0 && s["b"] > 0 })
+}
