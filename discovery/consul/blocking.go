@@ -100,3 +100,23 @@ func (ch latest[T]) publish(v T) {
 		}
 	}
 }
+
+// watchDefaults fills the zero blocking-query settings shared by the
+// watches of this package (wait time, backoff bounds) and returns the
+// logger to use: discarding when nil.
+func watchDefaults(wait, minBackoff, maxBackoff *time.Duration, log *slog.Logger) *slog.Logger {
+	if *wait <= 0 {
+		*wait = DefaultWaitTime
+	}
+	if *minBackoff <= 0 {
+		*minBackoff = DefaultMinBackoff
+	}
+	if *maxBackoff <= 0 {
+		*maxBackoff = DefaultMaxBackoff
+	}
+	*maxBackoff = max(*maxBackoff, *minBackoff)
+	if log == nil {
+		return discardLogger
+	}
+	return log
+}

@@ -75,20 +75,7 @@ type CASource struct {
 // agent. o is copied; zero fields get their defaults. Nothing happens
 // until Run.
 func NewCASource(client *api.Client, service string, o CAOptions) *CASource {
-	if o.WaitTime <= 0 {
-		o.WaitTime = DefaultWaitTime
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = DefaultMinBackoff
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = DefaultMaxBackoff
-	}
-	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
-	log := o.Logger
-	if log == nil {
-		log = discardLogger
-	}
+	log := watchDefaults(&o.WaitTime, &o.MinBackoff, &o.MaxBackoff, o.Logger)
 	return &CASource{
 		client:  client,
 		service: service,

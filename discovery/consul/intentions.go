@@ -85,20 +85,7 @@ type Intentions struct {
 // local service), queried through client, which must not be nil. o is
 // copied; zero fields get their defaults. Nothing happens until Watch.
 func NewIntentions(client *api.Client, destination string, o IntentionOptions) *Intentions {
-	if o.WaitTime <= 0 {
-		o.WaitTime = DefaultWaitTime
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = DefaultMinBackoff
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = DefaultMaxBackoff
-	}
-	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
-	log := o.Logger
-	if log == nil {
-		log = discardLogger
-	}
+	log := watchDefaults(&o.WaitTime, &o.MinBackoff, &o.MaxBackoff, o.Logger)
 	return &Intentions{
 		client:      client,
 		destination: destination,

@@ -79,21 +79,8 @@ type Source struct {
 // NewSource returns a Source that queries Consul through client, which
 // must not be nil. o is copied; zero fields get their defaults.
 func NewSource(client *api.Client, o SourceOptions) *Source {
-	if o.WaitTime <= 0 {
-		o.WaitTime = DefaultWaitTime
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = DefaultMinBackoff
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = DefaultMaxBackoff
-	}
-	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	log := watchDefaults(&o.WaitTime, &o.MinBackoff, &o.MaxBackoff, o.Logger)
 	o.Tags = slices.Clone(o.Tags)
-	log := o.Logger
-	if log == nil {
-		log = discardLogger
-	}
 	return &Source{
 		client:  client,
 		opts:    o,
