@@ -73,7 +73,7 @@ func (a adminState) Upstreams() []admin.Upstream {
 		for _, ep := range u.bal.Endpoints() {
 			e := admin.Endpoint{
 				ID: ep.ID, Address: ep.Addr, Weight: ep.Weight, Zone: ep.Zone,
-				InFlight: ep.InFlight(), LatencyMS: float64(ep.Latency()) / float64(time.Millisecond),
+				InFlight: ep.InFlight(), Requests: ep.Requests(), Failures: ep.Failures(), LatencyMS: float64(ep.Latency()) / float64(time.Millisecond),
 				Breaker: ep.BreakerState().String(), Healthy: ep.Healthy(),
 			}
 			if until := ep.EjectedUntil(); !until.IsZero() {

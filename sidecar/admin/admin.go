@@ -39,11 +39,15 @@ type Upstream struct {
 
 // Endpoint is the balancer's view of one endpoint.
 type Endpoint struct {
-	ID        string  `json:"id"`
-	Address   string  `json:"address"`
-	Weight    int     `json:"weight"`
-	Zone      string  `json:"zone,omitempty"`
-	InFlight  int64   `json:"in_flight"`
+	ID       string `json:"id"`
+	Address  string `json:"address"`
+	Weight   int    `json:"weight"`
+	Zone     string `json:"zone,omitempty"`
+	InFlight int64  `json:"in_flight"`
+	// Requests and Failures count finished exchanges since the endpoint
+	// appeared; failures are transport errors and 5xx.
+	Requests  uint64  `json:"requests"`
+	Failures  uint64  `json:"failures"`
 	LatencyMS float64 `json:"latency_ms"`
 	Breaker   string  `json:"breaker"`
 	// EjectedUntil is set while the endpoint is ejected.

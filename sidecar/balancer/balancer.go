@@ -159,6 +159,10 @@ type Endpoint struct {
 type endpointState struct {
 	id       string
 	inflight atomic.Int64
+	// requests and failures count finished exchanges (failures: transport
+	// errors and 5xx), abandoned ones not included.
+	requests atomic.Uint64
+	failures atomic.Uint64
 	latency  peakEWMA
 	added    time.Time // when the endpoint first appeared, for slow start
 
@@ -180,7 +184,9 @@ func (s *endpointState) finish(r Result) {
 	t := now()
 	oc := r.outcome()
 	lat := r.Latency
+	s.requests.Add(1)
 	if oc.Transport || oc.Status >= 500 {
+		s.failures.Add(1)
 		// A failure must not look fast: an endpoint that answers 503 at
 		// once would otherwise draw ever more traffic under
 		// least_response_time.
@@ -213,6 +219,13 @@ func (e *Endpoint) pick() Pick { return Pick{Endpoint: e, Done: e.state.done} }
 // InFlight returns the number of requests picked for the endpoint whose
 // Done has not been called yet.
 func (e *Endpoint) InFlight() int64 { return e.state.inflight.Load() }
+
+// Requests returns how many exchanges with the endpoint have finished,
+// not counting those the client abandoned.
+func (e *Endpoint) Requests() uint64 { return e.state.requests.Load() }
+
+// Failures returns how many of Requests failed: transport errors and 5xx.
+func (e *Endpoint) Failures() uint64 { return e.state.failures.Load() }
 
 // Latency returns the endpoint's current peak-EWMA response time, decayed
 // for the time since its last response; 0 before the first response.
