@@ -40,6 +40,8 @@ type Config struct {
 	Policy Policy `yaml:"policy"`
 	// Log configures the process log.
 	Log Log `yaml:"log"`
+	// Telemetry configures tracing, OTLP metrics and the access log.
+	Telemetry Telemetry `yaml:"telemetry"`
 
 	// file is the path the config was loaded from, positions maps field
 	// paths ("upstreams[0].balancer") to where they were written. Both are
@@ -231,6 +233,7 @@ func Default() *Config {
 		Outbound:     defaultListener(DefaultOutboundListen),
 		DrainTimeout: DefaultDrainTimeout,
 		Log:          Log{Level: "info", Format: "text"},
+		Telemetry:    Telemetry{AccessLog: AccessLogOff},
 	}
 }
 

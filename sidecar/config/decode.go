@@ -215,11 +215,20 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 	}
 }
 
-// fieldsOf maps the yaml keys of struct type t to its fields.
+// fieldsOf maps the yaml keys of struct type t to its fields. The keys of
+// an embedded struct tagged `yaml:",inline"` are t's own; their Index
+// leads through the embedded field.
 func fieldsOf(t reflect.Type) map[string]reflect.StructField {
 	fields := make(map[string]reflect.StructField, t.NumField())
 	for f := range t.Fields() {
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if f.Anonymous && opts == "inline" && f.Type.Kind() == reflect.Struct {
+			for key, inner := range fieldsOf(f.Type) {
+				inner.Index = append([]int{f.Index[0]}, inner.Index...)
+				fields[key] = inner
+			}
+			continue
+		}
 		if f.IsExported() && name != "" && name != "-" {
 			fields[name] = f
 		}

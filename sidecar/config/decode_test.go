@@ -99,8 +99,8 @@ func TestFieldTags(t *testing.T) {
 			if !f.IsExported() {
 				continue
 			}
-			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if name == "" || name == "-" {
+			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if (name == "" || name == "-") && !(f.Anonymous && opts == "inline") {
 				t.Errorf("%s.%s has no yaml key", typ.Name(), f.Name)
 			}
 			walk(f.Type)

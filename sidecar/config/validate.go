@@ -86,6 +86,7 @@ func (c *Config) validate() ErrorList {
 	v.nonNegative("drain_timeout", c.DrainTimeout)
 	v.oneOf("log.level", "log level", c.Log.Level, logLevels)
 	v.oneOf("log.format", "log format", c.Log.Format, logFormats)
+	v.telemetry(&c.Telemetry)
 	return v.errs
 }
 
