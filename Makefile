@@ -3,6 +3,8 @@
 #   make demo    build the binary and run a small mesh on loopback (Ctrl-C stops it)
 #   make test    go vet and every test, with the race detector (what CI runs);
 #                builds the pinned Consul the integration tests start, once
+#   make chromium  install Debian's chromium, which the dashboard's browser test
+#                  drives, unless one is on the PATH (apt-get; sudo when not root)
 #   make bench   the Go benchmarks
 #   make fuzz    each fuzz target for FUZZTIME (default 30s)
 #   make image   a Docker image FROM scratch around the static binary
@@ -18,7 +20,7 @@ FUZZTIME ?= 30s
 # sidemesh's), once, into a cache folder. Cold, it takes a few minutes.
 CONSUL   := .cache/bin/consul
 
-.PHONY: build demo test vet bench fuzz image consul clean
+.PHONY: build demo test vet bench fuzz image consul chromium clean
 
 # A single static binary: no cgo, no libc.
 build:
@@ -33,14 +35,23 @@ demo: build
 vet:
 	$(GO) vet ./...
 
-test: vet consul
-	SIDEMESH_CONSUL=$(abspath $(CONSUL)) $(GO) test -race -timeout 20m ./...
+test: vet consul chromium
+	SIDEMESH_CONSUL=$(abspath $(CONSUL)) SIDEMESH_CHROMIUM=$$(command -v chromium) $(GO) test -race -timeout 20m ./...
 
 consul: $(CONSUL)
 
 $(CONSUL): deploy/tools/go.mod deploy/tools/go.sum
 	mkdir -p $(dir $(CONSUL))
 	cd deploy/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(abspath $(CONSUL)) github.com/hashicorp/consul
+
+# Chromium for the admin dashboard's test in a real browser
+# (sidecar/dashboard_test.go): Debian's package, installed only when no
+# chromium is on the PATH.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	}
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

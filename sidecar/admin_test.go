@@ -114,4 +114,11 @@ upstreams: [{ service: catalog }]
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("consul down, as the admin API says: %s", src[0].Error)
+	m := scrape(t, adminAddr)
+	if n, _ := metricValue(m, "sidemesh_discovery_errors_total", map[string]string{"sidemesh_upstream": "catalog", "sidemesh_discovery_backend": "consul"}); n < 1 {
+		t.Errorf("discovery errors for catalog = %v while consul is down, want at least 1", n)
+	}
+	if age, ok := metricValue(m, "sidemesh_discovery_snapshot_age_seconds", map[string]string{"sidemesh_upstream": "catalog"}); !ok || age <= 0 {
+		t.Errorf("snapshot age = %v (present %v)", age, ok)
+	}
 }

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"fmt"
+	"net/http"
 	"sort"
 	"time"
 
@@ -49,8 +50,9 @@ func (a adminState) Ready() (bool, string) {
 }
 
 // Config implements admin.Provider: the effective config with its YAML
-// key names. It holds no secret inline (tokens and keys are referenced by
-// file path), so nothing needs redacting.
+// key names. Tokens and keys are referenced by file path; the only
+// secrets written inline, the OTLP exporters' headers (API keys), show as
+// "[redacted]".
 func (a adminState) Config() any {
 	b, err := yaml.Marshal(a.s.Config())
 	if err != nil {
@@ -59,6 +61,15 @@ func (a adminState) Config() any {
 	var m map[string]any
 	if err := yaml.Unmarshal(b, &m); err != nil {
 		return map[string]string{"error": err.Error()}
+	}
+	if tel, ok := m["telemetry"].(map[string]any); ok {
+		for _, section := range []string{"tracing", "metrics"} {
+			sec, _ := tel[section].(map[string]any)
+			headers, _ := sec["headers"].(map[string]any)
+			for k := range headers {
+				headers[k] = "[redacted]"
+			}
+		}
 	}
 	return m
 }
@@ -114,6 +125,9 @@ func (a adminState) Members() []admin.Member {
 	}
 	return out
 }
+
+// Metrics implements admin.Provider.
+func (a adminState) Metrics() http.Handler { return a.s.tel.MetricsHandler() }
 
 // Identity implements admin.Provider.
 func (a adminState) Identity() *admin.Identity {

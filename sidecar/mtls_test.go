@@ -86,17 +86,18 @@ func do(c *http.Client, out, host, method, path string, hdr map[string]string) (
 func TestMTLSAndPolicy(t *testing.T) {
 	ca := newMeshCA(t, "mesh.local")
 	port, appHits := echoApp(t)
-	cartIn := freeAddr(t)
+	cartIn, cartAdmin := freeAddr(t), freeAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: cart, port: %d }
 inbound: { listen: %s }
 outbound: { listen: %s }
+admin: { listen: %s }
 %s
 policy:
   rules:
     - { from: [web], methods: [GET], paths: [/api/], action: allow }
     - { from: [web], paths: [/api/private/], action: deny }
-`, port, cartIn, freeAddr(t), ca.leaf("cart"))))
+`, port, cartIn, freeAddr(t), cartAdmin, ca.leaf("cart"))))
 	out := freeAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
@@ -135,6 +136,17 @@ upstreams:
 		if tt.code != 200 && appHits.Load() != before {
 			t.Errorf("%s %s: refused request reached the app", tt.method, tt.path)
 		}
+	}
+
+	// Every refusal is counted by the rule, or the check, that decided.
+	m := scrape(t, cartAdmin)
+	for rule, want := range map[string]float64{"default": 4, "policy.rules[1]": 1, "bad_path": 2} {
+		if got, _ := metricValue(m, "sidemesh_policy_denials_total", map[string]string{"sidemesh_policy_rule": rule}); got != want {
+			t.Errorf("denials by %s = %v, want %v", rule, got, want)
+		}
+	}
+	if exp, ok := metricValue(m, "sidemesh_tls_certificate_expiry_seconds", nil); !ok || exp < 3000 || exp > 3600 {
+		t.Errorf("certificate expiry metric = %v (present %v), want about an hour", exp, ok)
 	}
 }
 

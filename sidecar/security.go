@@ -17,6 +17,7 @@ import (
 	"github.com/sidemesh/sidemesh/policy"
 	"github.com/sidemesh/sidemesh/policy/identity"
 	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/telemetry"
 )
 
 // identityReadyTimeout bounds the wait at start for a first certificate.
@@ -33,6 +34,8 @@ type security struct {
 	dest   string // the local service: every inbound request's destination
 	header string // the identity header for the local app
 	log    *slog.Logger
+	// metrics counts denials; set once at start, before serving.
+	metrics *telemetry.Metrics
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -160,18 +163,31 @@ func (s *security) clientTLS(service string) *tls.Config {
 func (s *security) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Header.Del(s.header)
+		ex := telemetry.ExchangeFrom(r.Context())
+		// refuse answers a request no rule may see; rule names the check
+		// that failed, for metrics and the trace.
+		refuse := func(status int, rule, reason string) {
+			s.metrics.PolicyDenial(rule)
+			if ex != nil {
+				ex.PolicyRule = rule
+			}
+			deny(w, status, reason)
+		}
 		if r.TLS == nil {
-			deny(w, http.StatusForbidden, "no client certificate")
+			refuse(http.StatusForbidden, "no_certificate", "no client certificate")
 			return
 		}
 		peer, err := identity.PeerID(*r.TLS)
 		if err != nil {
-			deny(w, http.StatusForbidden, "no SPIFFE identity: "+err.Error())
+			refuse(http.StatusForbidden, "no_identity", "no SPIFFE identity: "+err.Error())
 			return
+		}
+		if ex != nil {
+			ex.Peer = peer.String()
 		}
 		path, err := policy.NormalizePath(r.URL.EscapedPath())
 		if err != nil {
-			deny(w, http.StatusBadRequest, err.Error())
+			refuse(http.StatusBadRequest, "bad_path", err.Error())
 			return
 		}
 		d := s.table.Authorize(r.Context(), policy.Request{
@@ -180,8 +196,11 @@ func (s *security) authorize(next http.Handler) http.Handler {
 		})
 		if !d.Allow {
 			s.log.Info("request denied", "peer", peer.String(), "method", r.Method, "path", path, "rule", d.Rule)
-			deny(w, http.StatusForbidden, d.Reason)
+			refuse(http.StatusForbidden, d.Rule, d.Reason)
 			return
+		}
+		if ex != nil {
+			ex.PolicyRule, ex.PolicyAllowed = d.Rule, true
 		}
 		if path != r.URL.EscapedPath() {
 			u, _ := url.Parse(path) // NormalizePath returns a valid escaped path
@@ -211,6 +230,7 @@ func (s *security) admit(ctx context.Context, c net.Conn) error {
 		Destination: s.dest,
 	})
 	if !d.Allow {
+		s.metrics.PolicyDenial(d.Rule)
 		return fmt.Errorf("denied %s: %s", peer, d.Reason)
 	}
 	return nil

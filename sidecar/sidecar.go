@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
+	"github.com/sidemesh/sidemesh/telemetry"
 )
 
 // Sidecar is a running sidemesh data plane. Create it with New, then Start
@@ -41,6 +43,8 @@ type Sidecar struct {
 	cfg       *config.Config
 	backends  *backends
 	security  *security // nil when mutual TLS is off
+	tel       *telemetry.Telemetry
+	accessLog io.Closer // the access log file, closed after tel's Shutdown
 	upstreams map[string]*upstream
 	local     *upstream
 	sockets   map[string]*socket // by address
@@ -92,8 +96,19 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		return fail(err)
 	}
 	s.security = sec
+	tel, accessLog, err := s.startTelemetry(ctx, s.cfg)
+	if err != nil {
+		sec.close()
+		return fail(err)
+	}
+	s.tel, s.accessLog = tel, accessLog
+	if sec != nil {
+		sec.metrics = tel.Metrics()
+	}
 	if err := s.apply(ctx, s.cfg); err != nil {
 		sec.close()
+		tel.Shutdown(ctx)
+		accessLog.Close()
 		return fail(err)
 	}
 	s.started = true
@@ -151,6 +166,9 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	if err := s.security.compatible(cfg); err != nil {
 		return err
 	}
+	if err := telemetryCompatible(s.cfg, cfg); err != nil {
+		return err
+	}
 	if s.security != nil {
 		if err := s.security.setPolicy(cfg); err != nil {
 			return err
@@ -184,7 +202,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		if uc.MTLS {
 			mtls = s.security.clientTLS(uc.Service)
 		}
-		next[uc.Service] = buildUpstream(s.life, uc, s.upstreams[uc.Service], sources, mtls, trusted, s.log)
+		next[uc.Service] = buildUpstream(s.life, uc, s.upstreams[uc.Service], sources, mtls, trusted, s.log, s.tel)
 	}
 	var local *upstream
 	if cfg.Service != nil {
@@ -192,7 +210,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		if s.local != nil && s.local.cfg.Service == cfg.Service.Name {
 			old = s.local
 		}
-		local = buildUpstream(s.life, localUpstream(cfg.Service), old, sources, nil, trusted, s.log.With("role", roleInbound))
+		local = buildUpstream(s.life, localUpstream(cfg.Service), old, sources, nil, trusted, s.log.With("role", roleInbound), s.tel)
 	}
 	waitFirst(next, s.log)
 	s.routes.Store(newRouteTable(next, local))
@@ -280,13 +298,15 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 		} else {
 			h = stripIdentity(h)
 		}
+		h = s.withTelemetry(h, roleInbound, s.inboundService)
 		return newHTTPServer(spec, h, s.security.serverTLS(), log)
 	case spec.role == roleAdmin:
 		return newHTTPServer(spec, admin.Handler(adminState{s}), nil, log)
 	case spec.role == roleOutbound:
-		return newHTTPServer(spec, &proxy.Handler{Router: hostRouter{s}, Describe: func() string {
+		h := s.withTelemetry(&proxy.Handler{Router: hostRouter{s}, Describe: func() string {
 			return s.routes.Load().known
-		}}, nil, log)
+		}}, roleOutbound, s.outboundService)
+		return newHTTPServer(spec, h, nil, log)
 	case spec.tcp:
 		name := spec.role[len(roleUpstreamPrefix):]
 		return newTCPServer(spec, func() *proxy.TCPTarget {
@@ -297,7 +317,8 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 		}, nil, nil, log)
 	default:
 		name := spec.role[len(roleUpstreamPrefix):]
-		return newHTTPServer(spec, &proxy.Handler{Router: namedRouter{s, name}}, nil, log)
+		h := s.withTelemetry(&proxy.Handler{Router: namedRouter{s, name}}, roleOutbound, func(*http.Request) string { return name })
+		return newHTTPServer(spec, h, nil, log)
 	}
 }
 
@@ -339,6 +360,14 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 		s.local.retire(nil)
 	}
 	s.security.close()
+	// Spans of the requests just drained are still queued: flush them
+	// within what is left of the drain deadline.
+	if err := s.tel.Shutdown(ctx); err != nil {
+		s.log.Warn("telemetry not flushed", "err", err)
+	}
+	if s.accessLog != nil {
+		s.accessLog.Close()
+	}
 	s.log.Info("sidecar stopped")
 }
 

@@ -50,7 +50,7 @@ func start(t *testing.T, cfg *config.Config) *Sidecar {
 	return s
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -61,7 +61,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // namedBackend answers every request with its name.
-func namedBackend(t *testing.T, name string) string {
+func namedBackend(t testing.TB, name string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

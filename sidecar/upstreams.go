@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
@@ -19,6 +20,7 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/health"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
+	"github.com/sidemesh/sidemesh/telemetry"
 )
 
 // initialFetchTimeout bounds how long starting an upstream waits for its
@@ -89,14 +91,19 @@ func keyOf(cfg config.Upstream) balancerKey {
 	return balancerKey{cfg.Balancer, cfg.HashOn, cfg.CircuitBreaker, cfg.Outlier}
 }
 
-// newBalancer builds the balancer cfg asks for; its events are logged.
-func newBalancer(cfg config.Upstream, log *slog.Logger) *balancer.Balancer {
+// newBalancer builds the balancer cfg asks for; its events are logged and
+// counted in metrics.
+func newBalancer(cfg config.Upstream, log *slog.Logger, metrics *telemetry.Metrics) *balancer.Balancer {
 	policy, err := balancer.NewPolicy(cfg.Balancer, balancer.PolicyOptions{HashOn: cfg.HashOn})
 	if err != nil { // validated by config
 		log.Error("balancer", "err", err)
 		policy = balancer.RoundRobin{}
 	}
-	opts := balancer.Options{OnEvent: func(ev balancer.Event) { logEvent(log, ev) }}
+	var bal *balancer.Balancer // set below, before any event can fire
+	opts := balancer.Options{OnEvent: func(ev balancer.Event) {
+		logEvent(log, ev)
+		countEvent(metrics, bal, ev)
+	}}
 	if cb := cfg.CircuitBreaker; cb.Enabled {
 		opts.Breaker = &breaker.Settings{
 			ConsecutiveFailures: uint32(cb.ConsecutiveFailures),
@@ -117,7 +124,33 @@ func newBalancer(cfg config.Upstream, log *slog.Logger) *balancer.Balancer {
 			MaxEjectionPercent:       o.MaxEjectionPercent,
 		}
 	}
-	return balancer.New(cfg.Service, policy, opts)
+	bal = balancer.New(cfg.Service, policy, opts)
+	return bal
+}
+
+// countEvent counts breaker transitions and ejections in metrics, by the
+// endpoint's address.
+func countEvent(metrics *telemetry.Metrics, bal *balancer.Balancer, ev balancer.Event) {
+	if metrics == nil {
+		return
+	}
+	addr := ev.Endpoint
+	for _, ep := range bal.Endpoints() {
+		if ep.ID == ev.Endpoint {
+			addr = ep.Addr
+			break
+		}
+	}
+	switch ev.Kind {
+	case balancer.BreakerOpened:
+		metrics.BreakerTransition(ev.Service, addr, breaker.Open.String())
+	case balancer.BreakerHalfOpen:
+		metrics.BreakerTransition(ev.Service, addr, breaker.HalfOpen.String())
+	case balancer.BreakerClosed:
+		metrics.BreakerTransition(ev.Service, addr, breaker.Closed.String())
+	case balancer.Ejected:
+		metrics.Ejection(ev.Service, addr)
+	}
 }
 
 // logEvent logs a change in an endpoint's availability; losing an
@@ -231,7 +264,9 @@ func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balance
 // mtls, when set, is the TLS config toward cfg's endpoints (mutual TLS
 // checking their identity); it reads the current certificates at every
 // handshake, so it is built once per upstream.
-func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sources sourceFunc, mtls *tls.Config, trusted []netip.Prefix, log *slog.Logger) *upstream {
+//
+// tel records the upstream's tries and balancer events; nil records none.
+func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sources sourceFunc, mtls *tls.Config, trusted []netip.Prefix, log *slog.Logger, tel *telemetry.Telemetry) *upstream {
 	u := &upstream{cfg: cfg}
 	proxyLog := log // the proxy names the upstream in its own log lines
 	log = log.With("upstream", cfg.Service)
@@ -239,7 +274,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 	if old != nil && reflect.DeepEqual(keyOf(old.cfg), keyOf(cfg)) {
 		u.bal = old.bal
 	} else {
-		u.bal = newBalancer(cfg, log)
+		u.bal = newBalancer(cfg, log, tel.Metrics())
 	}
 	if old != nil && old.bal == u.bal && reflect.DeepEqual(old.health.settingsOrZero(), cfg.HealthCheck) {
 		u.health = old.health
@@ -302,6 +337,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 			Retry:            retryPolicy(cfg.Retries),
 			TrustedProxies:   trusted,
 			Logger:           proxyLog,
+			Telemetry:        tel.Client(cfg.Service, cfg.Balancer),
 		})
 	}
 	return u
@@ -315,6 +351,17 @@ type watch struct {
 	key sourceKey
 	// first is closed when the first snapshot has reached the balancer.
 	first chan struct{}
+	// last is when the latest snapshot reached it, in Unix nanoseconds.
+	last atomic.Int64
+}
+
+// lastSnapshot returns when the latest snapshot reached the balancer; the
+// zero Time before the first.
+func (w *watch) lastSnapshot() time.Time {
+	if ns := w.last.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // sourceKey holds what an upstream's discovery feed depends on.
@@ -341,6 +388,7 @@ func startWatch(ctx context.Context, bal *balancer.Balancer, src discovery.Sourc
 		got := false
 		for snap := range ch {
 			bal.Update(snap)
+			w.last.Store(time.Now().UnixNano())
 			if !got {
 				got = true
 				close(w.first)

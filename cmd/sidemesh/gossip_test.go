@@ -19,13 +19,14 @@ type gossipMember struct {
 	name     string
 	outbound string
 	gossip   string
+	admin    string
 	proc     *process
 }
 
 func startGossipMember(t *testing.T, name, keyFile, seed string) *gossipMember {
 	t.Helper()
 	app := startBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })
-	m := &gossipMember{name: name, outbound: freeAddr(t), gossip: freeAddr(t)}
+	m := &gossipMember{name: name, outbound: freeAddr(t), gossip: freeAddr(t), admin: freeAddr(t)}
 	join := "[]"
 	if seed != "" {
 		join = "[" + seed + "]"
@@ -34,13 +35,14 @@ func startGossipMember(t *testing.T, name, keyFile, seed string) *gossipMember {
 service: { name: echo, id: %s, port: %d }
 inbound: { listen: %s }
 outbound: { listen: %s }
+admin: { listen: %s }
 discovery:
   gossip: { bind: %s, join: %s, key_file: %s, profile: local }
 upstreams:
   - service: echo
     retries: { attempts: 2, on: [connect_failure, reset, 502, 503] }
 drain_timeout: 2s
-`, name, app.port, freeAddr(t), m.outbound, m.gossip, join, keyFile))
+`, name, app.port, freeAddr(t), m.outbound, m.admin, m.gossip, join, keyFile))
 	return m
 }
 
@@ -64,6 +66,18 @@ func (m *gossipMember) seen(n int) (map[string]int, error) {
 		got[string(b)]++
 	}
 	return got, nil
+}
+
+// metrics returns the member's /metrics page.
+func (m *gossipMember) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + m.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // logged reports whether one line of the process log holds every part.
@@ -105,6 +119,9 @@ func TestGossipMesh(t *testing.T) {
 		return got["m1"] > 0 && got["m2"] > 0 && got["m3"] > 0
 	})
 	t.Logf("three members routing to each other after %v", time.Since(start).Round(time.Millisecond))
+	waitFor(t, 10*time.Second, "m1's metrics to count three gossip members", func() bool {
+		return strings.Contains(m1.metrics(t), "\nsidemesh_gossip_members 3\n")
+	})
 
 	// A member with another key cannot join: its instance never shows.
 	bad := startGossipMember(t, "intruder", keygen(t, dir, "other.key"), m1.gossip)

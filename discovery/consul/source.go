@@ -74,6 +74,7 @@ type Source struct {
 	nextID  uint64
 	failing map[uint64]error // watch id → the error of its last query, while it fails
 	lastErr error            // the most recent entry put in failing
+	errors  uint64           // failed queries since the source was made
 }
 
 // NewSource returns a Source that queries Consul through client, which
@@ -151,6 +152,14 @@ func (s *Source) setErr(id uint64, err error) {
 	}
 	s.failing[id] = err
 	s.lastErr = err
+	s.errors++
+}
+
+// Errors returns how many queries of the source's watches have failed.
+func (s *Source) Errors() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.errors
 }
 
 // run is the blocking-query loop of one watch, modelled on Consul's

@@ -27,6 +27,8 @@ type Provider interface {
 	Members() []Member
 	// Identity returns the sidecar's certificate; nil without mTLS.
 	Identity() *Identity
+	// Metrics serves the sidecar's metrics in the Prometheus text format.
+	Metrics() http.Handler
 }
 
 // Upstream is one upstream service and its endpoints.
@@ -81,6 +83,7 @@ type Identity struct {
 
 // Handler returns the admin API:
 //
+//	GET /            the dashboard: upstreams and endpoints, refreshing itself
 //	GET /live        200 while the process serves requests at all
 //	GET /ready       200 when ready, 503 with the reason otherwise
 //	GET /config      the effective config
@@ -88,8 +91,11 @@ type Identity struct {
 //	GET /discovery   discovery backend health, e.g. Consul unreachable
 //	GET /members     gossip members
 //	GET /identity    the certificate's SPIFFE ID and seconds until it expires
+//	GET /metrics     every metric, Prometheus text format
 func Handler(p Provider) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", dashboard())
+	mux.Handle("GET /metrics", p.Metrics())
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "live"})
 	})

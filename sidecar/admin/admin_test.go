@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -27,6 +28,9 @@ func (f *fake) Upstreams() []Upstream {
 func (f *fake) Discovery() []Source { return nil }
 func (f *fake) Members() []Member   { return nil }
 func (f *fake) Identity() *Identity { return f.id }
+func (f *fake) Metrics() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics\n") })
+}
 
 func get(t *testing.T, h http.Handler, path string) (int, map[string]any, []any) {
 	t.Helper()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/telemetry"
 )
 
 // UpstreamOptions describe one upstream for NewUpstream.
@@ -43,6 +44,9 @@ type UpstreamOptions struct {
 	TrustedProxies []netip.Prefix
 	// Logger receives proxy errors. Nil means slog.Default().
 	Logger *slog.Logger
+	// Telemetry records a client span and metrics per try, and fills in
+	// the request's telemetry.Exchange. Nil records nothing.
+	Telemetry *telemetry.Client
 }
 
 // Upstream forwards HTTP requests to the endpoints of one service. It is an
@@ -63,6 +67,7 @@ type Upstream struct {
 	retries       atomic.Int64
 	trusted       []netip.Prefix
 	log           *slog.Logger
+	tel           *telemetry.Client
 	proxy         *httputil.ReverseProxy
 }
 
@@ -77,6 +82,7 @@ func NewUpstream(o UpstreamOptions) *Upstream {
 		retry:   o.Retry,
 		trusted: o.TrustedProxies,
 		log:     o.Logger,
+		tel:     o.Telemetry,
 	}
 	if u.upgrade == nil {
 		u.upgrade = u.rt
@@ -141,8 +147,13 @@ func (u *Upstream) rewrite(pr *httputil.ProxyRequest) {
 	// is when the transport reads the trailers it sends: share the map.
 	pr.Out.Trailer = pr.In.Trailer
 	setForwarded(pr, u.trusted)
-	if pr.In.Header.Get(headerRequestID) == "" {
-		pr.Out.Header[headerRequestID] = []string{newRequestID()}
+	id := pr.In.Header.Get(headerRequestID)
+	if id == "" {
+		id = newRequestID()
+		pr.Out.Header[headerRequestID] = []string{id}
+	}
+	if ex := telemetry.ExchangeFrom(pr.In.Context()); ex != nil {
+		ex.RequestID = id
 	}
 }
 
@@ -156,6 +167,9 @@ func (u *Upstream) handleError(w http.ResponseWriter, r *http.Request, err error
 	ue, ok := err.(*UpstreamError)
 	if !ok {
 		ue = &UpstreamError{Kind: classify(r.Context(), err), Upstream: u.name, Err: err}
+	}
+	if ex := telemetry.ExchangeFrom(r.Context()); ex != nil {
+		ex.ErrorKind = string(ue.Kind)
 	}
 	u.log.Warn("proxy error", "upstream", u.name, "endpoint", ue.Endpoint,
 		"kind", string(ue.Kind), "method", r.Method, "path", r.URL.Path, "err", ue.Err)
@@ -202,6 +216,10 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		return fail(&UpstreamError{Kind: KindProtocol, Upstream: u.name, Err: fmt.Errorf("reading request body: %w", err)})
 	}
 
+	ex := telemetry.ExchangeFrom(req.Context())
+	if ex != nil {
+		ex.Upstream = u.name
+	}
 	br := balancer.Request{HTTP: req}
 	for attempt := 0; ; attempt++ {
 		pick, err := u.picker.Pick(br)
@@ -210,6 +228,10 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		}
 		br.MarkTried(pick.Endpoint)
 		ep := pick.Endpoint.Addr
+		if ex != nil {
+			ex.Endpoint = ep
+			ex.Tries++
+		}
 
 		out := req
 		if attempt > 0 {
@@ -233,6 +255,10 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 				tcancel(nil)
 			}
 		}
+		try := u.tel.StartTry(ctx, out, telemetry.TryInfo{
+			Endpoint: ep, EndpointID: pick.Endpoint.ID, Attempt: attempt,
+			Breaker: pick.Endpoint.BreakerState().String(), Scheme: out.URL.Scheme,
+		})
 		start := time.Now()
 		resp, err := rt.RoundTrip(out.WithContext(tctx))
 		latency := time.Since(start)
@@ -247,6 +273,7 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 			// A client that hung up abandoned the try: it says nothing
 			// about the endpoint.
 			pick.Done(balancer.Result{Err: err, Latency: latency, Local: clientGone})
+			try.End(0, string(kind))
 			if u.shouldRetry(ctx, req, body, attempt, kind, 0) {
 				continue
 			}
@@ -265,12 +292,13 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 				endTry()
 				err := fmt.Errorf("endpoint switched to protocol %q when %q was requested", got, want)
 				pick.Done(balancer.Result{Err: err, Latency: latency})
+				try.End(resp.StatusCode, string(KindProtocol))
 				return fail(&UpstreamError{Kind: KindProtocol, Upstream: u.name, Endpoint: ep, Err: err})
 			}
 			if overall != nil {
 				overall.Stop()
 			}
-			resp.Body = &upgradedBody{ReadWriteCloser: rwc, done: pick.Done, res: res, cancel: cancel}
+			resp.Body = &upgradedBody{ReadWriteCloser: rwc, done: pick.Done, res: res, cancel: cancel, try: try}
 			return resp, nil
 		}
 		if p.Statuses.Has(resp.StatusCode) && u.shouldRetry(ctx, req, body, attempt, "", resp.StatusCode) {
@@ -280,12 +308,13 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 			resp.Body.Close()
 			endTry()
 			pick.Done(res)
+			try.End(resp.StatusCode, "")
 			continue
 		}
 		if overall != nil {
 			overall.Stop()
 		}
-		resp.Body = &trackedBody{ReadCloser: resp.Body, done: pick.Done, res: res, cancel: cancel}
+		resp.Body = &trackedBody{ReadCloser: resp.Body, done: pick.Done, res: res, cancel: cancel, try: try}
 		return resp, nil
 	}
 }
@@ -326,9 +355,11 @@ func (u *Upstream) shouldRetry(ctx context.Context, req *http.Request, body *rep
 	}
 	if p.Budget != nil && !p.Budget.Withdraw() {
 		u.log.Debug("retry budget exhausted", "upstream", u.name)
+		u.tel.RetryBudgetExhausted()
 		return false
 	}
 	u.retries.Add(1)
+	u.tel.Retry()
 	return p.backoff(ctx, attempt+1)
 }
 
@@ -347,6 +378,7 @@ type trackedBody struct {
 	done   func(balancer.Result)
 	res    balancer.Result
 	cancel context.CancelCauseFunc
+	try    telemetry.Try
 }
 
 func (b *trackedBody) Close() error {
@@ -360,6 +392,7 @@ func (b *trackedBody) Close() error {
 	b.once.Do(func() {
 		b.cancel(nil)
 		b.done(b.res)
+		b.try.End(b.res.Status, "")
 	})
 	return b.ReadCloser.Close()
 }
@@ -372,6 +405,7 @@ type upgradedBody struct {
 	done   func(balancer.Result)
 	res    balancer.Result
 	cancel context.CancelCauseFunc
+	try    telemetry.Try
 }
 
 func (b *upgradedBody) Close() error {
@@ -379,6 +413,7 @@ func (b *upgradedBody) Close() error {
 	b.once.Do(func() {
 		b.cancel(nil)
 		b.done(b.res)
+		b.try.End(b.res.Status, "")
 	})
 	return err
 }

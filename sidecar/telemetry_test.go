@@ -1,0 +1,606 @@
+package sidecar
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"github.com/sidemesh/sidemesh/telemetry/otlptest"
+)
+
+// traceApp is the local app behind a sidecar: it answers 200 and keeps
+// the traceparent and baggage headers of every request it gets.
+type traceApp struct {
+	addr string
+	mu   sync.Mutex
+	seen []http.Header
+}
+
+func newTraceApp(t *testing.T) *traceApp {
+	t.Helper()
+	a := &traceApp{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.addr = ln.Addr().String()
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		a.seen = append(a.seen, r.Header.Clone())
+		a.mu.Unlock()
+		io.WriteString(w, "hello from the app")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return a
+}
+
+func (a *traceApp) last() http.Header {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.seen) == 0 {
+		return nil
+	}
+	return a.seen[len(a.seen)-1]
+}
+
+// startTracedInbound starts sidecar B in front of app, tracing to
+// collector, and returns its inbound address.
+func startTracedInbound(t *testing.T, app *traceApp, collector string) (inB string) {
+	t.Helper()
+	inB = freeAddr(t)
+	appHost, appPort, _ := net.SplitHostPort(app.addr)
+	start(t, parse(t, fmt.Sprintf(`
+service: { name: catalog, address: %s, port: %s }
+inbound: { listen: %s }
+outbound: { listen: %s }
+telemetry:
+  tracing: { otlp_endpoint: %s, sample_ratio: 1 }
+`, appHost, appPort, inB, freeAddr(t), collector)))
+	return inB
+}
+
+// chain starts client → sidecar A (outbound) → sidecar B (inbound) → app,
+// both sidecars tracing to collector, and returns A's outbound address
+// and B's inbound one.
+func chain(t *testing.T, app *traceApp, collector string) (outA, inB string) {
+	t.Helper()
+	inB = startTracedInbound(t, app, collector)
+	outA = freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams:
+  - service: catalog
+    mtls: false
+    endpoints: [{ address: %s }]
+telemetry:
+  tracing: { otlp_endpoint: %s, sample_ratio: 1 }
+`, outA, inB, collector)))
+	return outA, inB
+}
+
+// spansOf returns the spans of trace traceID, sorted by start.
+func spansOf(spans []otlptest.Span, traceID string) []otlptest.Span {
+	var out []otlptest.Span
+	for _, s := range spans {
+		if s.TraceID == traceID {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	return out
+}
+
+func describeSpans(spans []otlptest.Span) string {
+	var b strings.Builder
+	for _, s := range spans {
+		fmt.Fprintf(&b, "\n  %s %s %s span=%s parent=%s service=%v attrs=%v", s.TraceID, s.Kind, s.Name,
+			s.SpanID, s.ParentSpanID, s.Resource["service.name"], s.Attributes)
+	}
+	return b.String()
+}
+
+// TestTraceThroughTwoSidecars sends a request with a W3C traceparent
+// through client → sidecar A → sidecar B → app and checks, at a real OTLP
+// gRPC receiver, that one trace holds four spans linked parent to child
+// across both sidecars, with their attributes, and that the app got the
+// trace context of B's client span and the caller's baggage.
+func TestTraceThroughTwoSidecars(t *testing.T) {
+	rcv := otlptest.Start(t)
+	app := newTraceApp(t)
+	outA, inB := chain(t, app, rcv.GRPCAddr())
+
+	const traceID, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req, _ := http.NewRequest("GET", "http://"+outA+"/items?page=2", nil)
+	req.Host = "catalog"
+	req.Header.Set("traceparent", "00-"+traceID+"-"+callerSpan+"-01")
+	req.Header.Set("baggage", "tenant=acme")
+	resp, err := newClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+
+	spans := spansOf(rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return len(spansOf(s, traceID)) >= 4
+	}), traceID)
+	if len(spans) != 4 {
+		t.Fatalf("want 4 spans in trace %s, got %d:%s", traceID, len(spans), describeSpans(spans))
+	}
+	aServer, aClient, bServer, bClient := spans[0], spans[1], spans[2], spans[3]
+	check := func(s otlptest.Span, kind tracepb.Span_SpanKind, service, parent string) {
+		t.Helper()
+		if s.Kind != kind || s.Resource["service.name"] != service || s.ParentSpanID != parent {
+			t.Errorf("span %s: kind %s service %v parent %s; want %s %s parent %s%s",
+				s.SpanID, s.Kind, s.Resource["service.name"], s.ParentSpanID, kind, service, parent, describeSpans(spans))
+		}
+		if s.Name != "GET" {
+			t.Errorf("span %s named %q, want GET", s.SpanID, s.Name)
+		}
+		if s.StatusCode == tracepb.Status_STATUS_CODE_ERROR {
+			t.Errorf("span %s has error status: %s", s.SpanID, s.StatusMessage)
+		}
+	}
+	check(aServer, tracepb.Span_SPAN_KIND_SERVER, "sidemesh", callerSpan)
+	check(aClient, tracepb.Span_SPAN_KIND_CLIENT, "sidemesh", aServer.SpanID)
+	check(bServer, tracepb.Span_SPAN_KIND_SERVER, "catalog", aClient.SpanID)
+	check(bClient, tracepb.Span_SPAN_KIND_CLIENT, "catalog", bServer.SpanID)
+
+	wantAttrs := func(s otlptest.Span, want map[string]any) {
+		t.Helper()
+		for k, v := range want {
+			if got := s.Attributes[k]; got != v {
+				t.Errorf("span %s (%s %s): %s = %v (%T), want %v (%T)", s.SpanID, s.Kind, s.Resource["service.name"], k, got, got, v, v)
+			}
+		}
+	}
+	hostB, portB, _ := net.SplitHostPort(inB)
+	wantAttrs(aServer, map[string]any{
+		"http.request.method": "GET", "url.path": "/items", "http.response.status_code": int64(200),
+		"sidemesh.listener": "outbound", "sidemesh.service": "catalog", "sidemesh.upstream": "catalog",
+	})
+	wantAttrs(aClient, map[string]any{
+		"http.request.method": "GET", "http.response.status_code": int64(200), "peer.service": "catalog",
+		"sidemesh.balancer.policy": "round_robin", "sidemesh.breaker.state": "closed",
+		"server.address": hostB, "url.full": "http://" + inB + "/items",
+	})
+	if fmt.Sprint(aClient.Attributes["server.port"]) != portB {
+		t.Errorf("A's client span server.port = %v, want %s", aClient.Attributes["server.port"], portB)
+	}
+	if _, ok := aClient.Attributes["http.request.resend_count"]; ok {
+		t.Errorf("first try has http.request.resend_count: %v", aClient.Attributes)
+	}
+	wantAttrs(bServer, map[string]any{
+		"http.response.status_code": int64(200), "sidemesh.listener": "inbound", "sidemesh.service": "catalog",
+		"server.address": "catalog", // the Host header A forwarded
+	})
+	wantAttrs(bClient, map[string]any{
+		"http.response.status_code": int64(200), "peer.service": "catalog", "server.address": "127.0.0.1",
+	})
+	if r := bServer.Resource; r["sidemesh.mode"] != "sidecar" || r["service.instance.id"] == nil {
+		t.Errorf("B's resource = %v", r)
+	}
+	// Parent spans end after their children.
+	if aServer.End.Before(aClient.End) || bServer.End.Before(bClient.End) {
+		t.Errorf("a server span ended before its client span:%s", describeSpans(spans))
+	}
+
+	h := app.last()
+	if want := "00-" + traceID + "-" + bClient.SpanID + "-01"; h.Get("traceparent") != want {
+		t.Errorf("app got traceparent %q, want %q", h.Get("traceparent"), want)
+	}
+	if !strings.Contains(h.Get("baggage"), "tenant=acme") {
+		t.Errorf("app got baggage %q, want tenant=acme", h.Get("baggage"))
+	}
+}
+
+// TestTraceStartsAndRetries: a request without a trace starts one at
+// sidecar A; a try that fails and is retried on another endpoint is a
+// client span of its own, marked as an error, and the retry carries
+// http.request.resend_count.
+func TestTraceStartsAndRetries(t *testing.T) {
+	rcv := otlptest.Start(t)
+	app := newTraceApp(t)
+	dead := freeAddr(t) // nothing listens: connections are refused
+	inB := startTracedInbound(t, app, rcv.GRPCAddr())
+	outC := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams:
+  - service: catalog
+    mtls: false
+    balancer: round_robin
+    endpoints: [{ address: %s }, { address: %s }]
+    retries: { attempts: 2, on: [connect_failure] }
+    circuit_breaker: { enabled: false }
+    outlier: { enabled: false }
+telemetry:
+  tracing: { otlp_endpoint: %s }
+`, outC, dead, inB, rcv.GRPCAddr())))
+
+	c := newClient(t)
+	for i := range 4 {
+		if code, _, err := get(c, outC, "catalog"); err != nil || code != 200 {
+			t.Fatalf("request %d through C: %d %v", i, code, err)
+		}
+	}
+	// Round robin sends half the first tries to the dead endpoint; each
+	// of those is retried on B.
+	var retried []otlptest.Span
+	rcv.WaitSpans(t, 15*time.Second, func(all []otlptest.Span) bool {
+		retried = retried[:0]
+		for _, s := range all {
+			if s.Kind == tracepb.Span_SPAN_KIND_CLIENT && s.Attributes["http.request.resend_count"] == int64(1) {
+				retried = append(retried, s)
+			}
+		}
+		return len(retried) >= 2
+	})
+	all := rcv.Spans()
+	for _, r := range retried {
+		tr := spansOf(all, r.TraceID)
+		var failed *otlptest.Span
+		for i, s := range tr {
+			if s.Kind == tracepb.Span_SPAN_KIND_CLIENT && s.ParentSpanID == r.ParentSpanID && s.SpanID != r.SpanID {
+				failed = &tr[i]
+			}
+		}
+		if failed == nil {
+			t.Fatalf("retry %s has no sibling first try:%s", r.SpanID, describeSpans(tr))
+		}
+		deadHost, deadPort, _ := net.SplitHostPort(dead)
+		if failed.StatusCode != tracepb.Status_STATUS_CODE_ERROR || failed.Attributes["error.type"] != "connect_failure" ||
+			failed.Attributes["server.address"] != deadHost || fmt.Sprint(failed.Attributes["server.port"]) != deadPort {
+			t.Errorf("failed try: status %s attrs %v; want an error span for connect_failure to %s", failed.StatusCode, failed.Attributes, dead)
+		}
+		if r.StatusCode == tracepb.Status_STATUS_CODE_ERROR || r.Attributes["http.response.status_code"] != int64(200) {
+			t.Errorf("retry span: %v %v", r.StatusCode, r.Attributes)
+		}
+		// A started the trace: its server span is the root.
+		for _, s := range tr {
+			if s.SpanID == r.ParentSpanID && s.ParentSpanID != "" {
+				t.Errorf("C's server span has parent %s, want a new trace", s.ParentSpanID)
+			}
+		}
+	}
+}
+
+// scrape fetches and parses the admin listener's /metrics.
+func scrape(t *testing.T, adminAddr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Errorf("/metrics Content-Type %q, want the Prometheus text format", ct)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse as Prometheus text: %v", err)
+	}
+	return families
+}
+
+// metricValue returns the value of the series of family name whose labels
+// include want (histograms: their count), and whether there is one.
+func metricValue(families map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f := families[name]
+	if f == nil {
+		return 0, false
+	}
+	sum, found := 0.0, false
+next:
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, l := range m.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		found = true
+		switch {
+		case m.Counter != nil:
+			sum += m.Counter.GetValue()
+		case m.Gauge != nil:
+			sum += m.Gauge.GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return sum, found
+}
+
+func familyNames(families map[string]*dto.MetricFamily) string {
+	names := make([]string, 0, len(families))
+	for n := range families {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, " ")
+}
+
+// TestMetricsMatchTraffic sends a known number of requests through a
+// sidecar whose upstream has one good and one failing endpoint, then
+// checks that /metrics parses as Prometheus text and that its counters
+// match: requests served, tries per endpoint and status, retries, the
+// failing endpoint's breaker open and its ejection.
+func TestMetricsMatchTraffic(t *testing.T) {
+	good, bad := newControlledBackend(t, "good"), newControlledBackend(t, "bad")
+	bad.mode.Store(int32(mode500))
+	adminAddr, out := freeAddr(t), freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+admin: { listen: %s }
+outbound: { listen: %s }
+upstreams:
+  - service: svc
+    mtls: false
+    endpoints: [{ address: %s }, { address: %s }]
+    retries: { attempts: 1, on: [5xx] }
+    circuit_breaker: { consecutive_failures: 3, open_timeout: 1m }
+    outlier: { consecutive_5xx: 3, base_ejection: 1m }
+`, adminAddr, out, good.addr, bad.addr)))
+
+	const n = 40
+	c := newClient(t)
+	ok, failed := 0, 0
+	for range n {
+		code, _, err := get(c, out, "svc")
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case code == 200:
+			ok++
+		default:
+			failed++
+		}
+	}
+	// Two requests for a Host that names no upstream.
+	for range 2 {
+		if code, _, _ := get(c, out, "nosuch"); code != http.StatusBadGateway {
+			t.Fatalf("unknown upstream: %d", code)
+		}
+	}
+
+	m := scrape(t, adminAddr)
+	server := map[string]string{"sidemesh_listener": "outbound", "sidemesh_service": "svc", "http_request_method": "GET"}
+	if got, _ := metricValue(m, "http_server_request_duration_seconds", server); got != n {
+		t.Errorf("server requests for svc = %v, want %d (families: %s)", got, n, familyNames(m))
+	}
+	server["http_response_status_code"] = "200"
+	if got, _ := metricValue(m, "http_server_request_duration_seconds", server); got != float64(ok) {
+		t.Errorf("server 200s = %v, want %d", got, ok)
+	}
+	if got, _ := metricValue(m, "http_server_request_duration_seconds", map[string]string{"sidemesh_service": "unknown"}); got != 2 {
+		t.Errorf("requests for an unknown upstream = %v, want 2", got)
+	}
+	if got, _ := metricValue(m, "http_server_active_requests", map[string]string{"sidemesh_listener": "outbound"}); got != 0 {
+		t.Errorf("requests in flight after all answered = %v, want 0", got)
+	}
+
+	// Every try is counted by endpoint; the bad endpoint's tries all
+	// failed with 500.
+	goodHost, goodPort, _ := net.SplitHostPort(good.addr)
+	badHost, badPort, _ := net.SplitHostPort(bad.addr)
+	goodTries, _ := metricValue(m, "http_client_request_duration_seconds", map[string]string{"sidemesh_upstream": "svc", "server_address": goodHost, "server_port": goodPort})
+	badTries, _ := metricValue(m, "http_client_request_duration_seconds", map[string]string{"sidemesh_upstream": "svc", "server_address": badHost, "server_port": badPort, "http_response_status_code": "500"})
+	if goodTries != float64(good.hits.Load()) || badTries != float64(bad.hits.Load()) {
+		t.Errorf("tries: good %v bad %v; the backends saw %d and %d", goodTries, badTries, good.hits.Load(), bad.hits.Load())
+	}
+	retries, _ := metricValue(m, "sidemesh_upstream_retries_total", map[string]string{"sidemesh_upstream": "svc"})
+	if want := goodTries + badTries - n; retries != want {
+		t.Errorf("retries = %v, want tries - requests = %v", retries, want)
+	}
+
+	ep := map[string]string{"sidemesh_upstream": "svc", "sidemesh_endpoint": bad.addr}
+	if v, _ := metricValue(m, "sidemesh_endpoint_breaker_state", merge(ep, "sidemesh_breaker_state", "open")); v != 1 {
+		t.Errorf("bad endpoint breaker state open = %v, want 1", v)
+	}
+	if v, _ := metricValue(m, "sidemesh_endpoint_breaker_state", merge(ep, "sidemesh_breaker_state", "closed")); v != 0 {
+		t.Errorf("bad endpoint breaker state closed = %v, want 0", v)
+	}
+	if v, _ := metricValue(m, "sidemesh_endpoint_breaker_transitions_total", merge(ep, "sidemesh_breaker_state", "open")); v != 1 {
+		t.Errorf("transitions to open = %v, want 1", v)
+	}
+	if v, _ := metricValue(m, "sidemesh_endpoint_ejections_total", ep); v != 1 {
+		t.Errorf("ejections = %v, want 1", v)
+	}
+	if v, _ := metricValue(m, "sidemesh_endpoint_ejected", ep); v != 1 {
+		t.Errorf("ejected = %v, want 1", v)
+	}
+	goodEP := map[string]string{"sidemesh_upstream": "svc", "sidemesh_endpoint": good.addr}
+	if v, _ := metricValue(m, "sidemesh_endpoint_breaker_state", merge(goodEP, "sidemesh_breaker_state", "closed")); v != 1 {
+		t.Errorf("good endpoint breaker closed = %v, want 1", v)
+	}
+	if v, ok := metricValue(m, "sidemesh_discovery_snapshot_age_seconds", map[string]string{"sidemesh_upstream": "svc", "sidemesh_discovery_backend": "static"}); !ok || v < 0 || v > 60 {
+		t.Errorf("discovery snapshot age = %v (present %v)", v, ok)
+	}
+}
+
+func merge(m map[string]string, k, v string) map[string]string {
+	out := map[string]string{k: v}
+	for a, b := range m {
+		out[a] = b
+	}
+	return out
+}
+
+// TestAccessLog: one JSON line per request in the file the config names,
+// with the trace the request came with.
+func TestAccessLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	backend := namedBackend(t, "b")
+	out := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
+telemetry: { access_log: %s }
+`, out, backend, path)))
+
+	const traceID = "0af7651916cd43dd8448eb211c80319c"
+	req, _ := http.NewRequest("POST", "http://"+out+"/orders", strings.NewReader("12345"))
+	req.Host = "svc"
+	req.Header.Set("traceparent", "00-"+traceID+"-b7ad6b7169203331-01")
+	resp, err := newClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if code, _, err := get(newClient(t), out, "nosuch"); err != nil || code != 502 {
+		t.Fatalf("unknown upstream: %d %v", code, err)
+	}
+
+	var lines []map[string]any
+	deadline := time.Now().Add(5 * time.Second)
+	for len(lines) < 2 && time.Now().Before(deadline) {
+		lines = readJSONLines(t, path)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(lines) != 2 {
+		t.Fatalf("access log has %d lines, want 2: %v", len(lines), lines)
+	}
+	l := lines[0]
+	want := map[string]any{
+		"msg": "access", "listener": "outbound", "service": "svc", "method": "POST", "path": "/orders",
+		"status": 200.0, "bytes_in": 5.0, "bytes_out": 1.0, "upstream": "svc", "endpoint": backend,
+		"tries": 1.0, "retries": 0.0, "trace_id": traceID,
+	}
+	for k, v := range want {
+		if l[k] != v {
+			t.Errorf("access log %s = %v, want %v (line %v)", k, l[k], v, l)
+		}
+	}
+	if d, _ := l["duration_ms"].(float64); d <= 0 {
+		t.Errorf("duration_ms = %v", l["duration_ms"])
+	}
+	if id, _ := l["request_id"].(string); id == "" {
+		t.Errorf("no request_id: %v", l)
+	}
+	if l2 := lines[1]; l2["status"] != 502.0 || l2["service"] != "unknown" {
+		t.Errorf("second line = %v, want status 502 for service unknown", l2)
+	}
+}
+
+func readJSONLines(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("access log line %q is not JSON: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestDeadCollector: with the trace collector hanging on every
+// connection, requests still flow, their latency stays that of a sidecar
+// without tracing (same run, interleaved), memory stays bounded by the
+// span queue, and shutdown still ends within its deadline.
+func TestDeadCollector(t *testing.T) {
+	backend := namedBackend(t, "b")
+	dead := otlptest.Blackhole(t)
+	outDead, outOff := freeAddr(t), freeAddr(t)
+	traced := New(parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
+telemetry:
+  tracing: { otlp_endpoint: %s, sample_ratio: 1, queue_size: 256, timeout: 2s }
+`, outDead, backend, dead)), quietLogger())
+	if err := traced.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
+`, outOff, backend)))
+
+	c := newClient(t)
+	timed := func(addr string) time.Duration {
+		t0 := time.Now()
+		code, _, err := get(c, addr, "svc")
+		if err != nil || code != 200 {
+			t.Fatalf("request via %s: %d %v", addr, code, err)
+		}
+		return time.Since(t0)
+	}
+	for range 200 { // warm up both
+		timed(outDead)
+		timed(outOff)
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+
+	const n = 5000
+	var withDead, without []time.Duration
+	for range n {
+		withDead = append(withDead, timed(outDead))
+		without = append(without, timed(outOff))
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+
+	p50 := func(d []time.Duration) time.Duration {
+		slices.Sort(d)
+		return d[len(d)/2]
+	}
+	pd, po := p50(withDead), p50(without)
+	growth := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("p50 with a dead collector %v, without tracing %v (ratio %.2f); heap growth over %d requests: %d KiB",
+		pd, po, float64(pd)/float64(po), n, growth/1024)
+	// 2n spans were made; unbounded they would hold well over 10 MiB.
+	// The queue holds 256.
+	if growth > 8<<20 {
+		t.Errorf("heap grew by %d KiB over %d requests with a dead collector: the span queue is not bounded", growth/1024, n)
+	}
+	// A blocked exporter would show as latency of the order of the
+	// export timeout (2s); a sidecar with tracing on costs a little.
+	if pd > 3*po+2*time.Millisecond {
+		t.Errorf("p50 latency %v with a dead collector against %v without tracing", pd, po)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	t0 := time.Now()
+	traced.Shutdown(ctx)
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("shutdown with a dead collector took %v, its deadline was 1s", d)
+	}
+}
