@@ -12,8 +12,8 @@ import (
 // say what the demo means.
 func TestSidecarConfig(t *testing.T) {
 	m := mesh{
-		{name: "catalog-1", service: "catalog", app: 1001, inbound: 1002, outbound: 1003, gossip: 1004, keyFile: "/k"},
-		{name: "frontend", service: "frontend", app: 2001, inbound: 2002, outbound: 2003, gossip: 2004, seed: 1004,
+		{name: "catalog-1", service: "catalog", app: 1001, inbound: 1002, outbound: 1003, gossip: 1004, admin: 1005, keyFile: "/k"},
+		{name: "frontend", service: "frontend", app: 2001, inbound: 2002, outbound: 2003, gossip: 2004, admin: 2005, seed: 1004,
 			calls: "catalog", keyFile: "/k"},
 	}
 	for _, in := range m {

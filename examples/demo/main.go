@@ -145,6 +145,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	client := &http.Client{Timeout: requestTimeout, Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
 	fe := mesh[len(mesh)-1]
+	fmt.Fprintf(out, "dashboard of the frontend's sidecar: http://%s/ (metrics at /metrics)\n", addr(fe.admin))
 	showUnknown(ctx, client, addr(fe.outbound), out)
 	fmt.Fprintf(out, "GET / to the frontend sidecar inbound %s every %v (Ctrl-C to stop)\n", addr(fe.inbound), o.interval)
 	return sendTraffic(ctx, o, client, "http://"+addr(fe.inbound)+"/", exited, out)
@@ -183,6 +184,7 @@ type instance struct {
 	inbound  int    // port of the sidecar's inbound listener
 	outbound int    // port of the sidecar's outbound listener
 	gossip   int    // port of the sidecar's gossip member
+	admin    int    // port of the sidecar's admin API and dashboard
 	seed     int    // gossip port to join (catalog-1's); 0 for catalog-1 itself
 	calls    string // the upstream service the app calls, if any
 	keyFile  string // the pool's encryption key
@@ -193,14 +195,14 @@ type mesh []*instance
 
 // newMesh lays out catalog-1, catalog-2 and the frontend on free ports.
 func newMesh() (mesh, error) {
-	p, err := freePorts(12)
+	p, err := freePorts(15)
 	if err != nil {
 		return nil, err
 	}
 	return mesh{
-		{name: "catalog-1", service: "catalog", app: p[0], inbound: p[1], outbound: p[2], gossip: p[3]},
-		{name: "catalog-2", service: "catalog", app: p[4], inbound: p[5], outbound: p[6], gossip: p[7], seed: p[3]},
-		{name: "frontend", service: "frontend", app: p[8], inbound: p[9], outbound: p[10], gossip: p[11], seed: p[3], calls: "catalog"},
+		{name: "catalog-1", service: "catalog", app: p[0], inbound: p[1], outbound: p[2], gossip: p[3], admin: p[12]},
+		{name: "catalog-2", service: "catalog", app: p[4], inbound: p[5], outbound: p[6], gossip: p[7], admin: p[13], seed: p[3]},
+		{name: "frontend", service: "frontend", app: p[8], inbound: p[9], outbound: p[10], gossip: p[11], admin: p[14], seed: p[3], calls: "catalog"},
 	}, nil
 }
 
@@ -208,7 +210,7 @@ func newMesh() (mesh, error) {
 func (m mesh) addrs() []string {
 	var a []string
 	for _, in := range m {
-		a = append(a, addr(in.app), addr(in.inbound), addr(in.outbound), addr(in.gossip))
+		a = append(a, addr(in.app), addr(in.inbound), addr(in.outbound), addr(in.gossip), addr(in.admin))
 	}
 	return a
 }
@@ -233,6 +235,7 @@ var sidecarConfig = template.Must(template.New("sidecar").Parse(`# {{.Name}}'s s
 service: { name: {{.Service}}, address: 127.0.0.1, port: {{.App}}, protocol: http }
 inbound: { listen: 127.0.0.1:{{.Inbound}} }
 outbound: { listen: 127.0.0.1:{{.Outbound}} }
+admin: { listen: 127.0.0.1:{{.Admin}} }   # dashboard at /, Prometheus metrics at /metrics
 drain_timeout: 2s
 discovery:
   gossip:
@@ -253,7 +256,7 @@ func (in *instance) templateData() map[string]any {
 	return map[string]any{
 		"Name": in.name, "Service": in.service, "App": in.app,
 		"Inbound": in.inbound, "Outbound": in.outbound,
-		"Gossip": in.gossip, "Seed": in.seed, "Calls": in.calls, "KeyFile": in.keyFile,
+		"Gossip": in.gossip, "Admin": in.admin, "Seed": in.seed, "Calls": in.calls, "KeyFile": in.keyFile,
 	}
 }
 
