@@ -15,6 +15,7 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -67,7 +68,11 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 	}
 	installErrorLog(o.Logger.With("component", "telemetry"))
 	res, err := NewResource(ctx, o.Resource)
-	if err != nil {
+	switch {
+	case errors.Is(err, resource.ErrPartialResource):
+		// A malformed OTEL_RESOURCE_ATTRIBUTES: keep what parsed.
+		o.Logger.Warn("telemetry: some resource attributes were left out", "err", err)
+	case err != nil:
 		return nil, err
 	}
 	t := &Telemetry{propagator: Propagator(), registry: prometheus.NewRegistry()}
