@@ -76,6 +76,12 @@ func (c *Client) StartTry(ctx context.Context, req *http.Request, info TryInfo) 
 	t := c.t
 	try := Try{c: c, ctx: ctx, start: time.Now(), endpoint: info.Endpoint, method: req.Method}
 	if t.tracer != nil {
+		var sctx context.Context
+		sctx, try.span = t.tracer.Start(ctx, spanName(req.Method), trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(try.start))
+		t.propagator.Inject(sctx, propagation.HeaderCarrier(req.Header))
+	}
+	if try.span != nil && try.span.IsRecording() {
+		// Attributes are built only for sampled spans.
 		attrs := append(endpointAttrs(info.Endpoint),
 			keyMethod.String(methodName(req.Method)),
 			keyURLFull.String(info.Scheme+"://"+info.Endpoint+req.URL.EscapedPath()),
@@ -87,10 +93,7 @@ func (c *Client) StartTry(ctx context.Context, req *http.Request, info TryInfo) 
 		if info.Attempt > 0 {
 			attrs = append(attrs, keyResendCount.Int(info.Attempt))
 		}
-		var sctx context.Context
-		sctx, try.span = t.tracer.Start(ctx, spanName(req.Method), trace.WithSpanKind(trace.SpanKindClient),
-			trace.WithTimestamp(try.start), trace.WithAttributes(attrs...))
-		t.propagator.Inject(sctx, propagation.HeaderCarrier(req.Header))
+		try.span.SetAttributes(attrs...)
 	}
 	t.metrics.clientStart(ctx, c.upstream, info.Endpoint)
 	return try
@@ -105,6 +108,10 @@ func (tr Try) End(status int, errKind string) {
 	}
 	tr.c.t.metrics.clientEnd(tr.ctx, tr.c.upstream, tr.endpoint, tr.method, status, errKind, time.Since(tr.start))
 	if tr.span == nil {
+		return
+	}
+	if !tr.span.IsRecording() {
+		tr.span.End()
 		return
 	}
 	if status > 0 {

@@ -86,18 +86,22 @@ func (h *serverHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var span trace.Span
 	if t.tracer != nil {
 		ctx = t.propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
-		ctx, span = t.tracer.Start(ctx, spanName(r.Method), trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithTimestamp(start), trace.WithAttributes(
-				keyMethod.String(methodName(r.Method)),
-				keyURLPath.String(r.URL.Path),
-				keyURLScheme.String(scheme(r)),
-				keyServerAddr.String(r.Host),
-				keyClientAddr.String(remoteHost(r.RemoteAddr)),
-				keyProtoVersion.String(protoVersion(r)),
-				keyUserAgent.String(r.UserAgent()),
-				KeyListener.String(h.o.Listener),
-				KeyService.String(service),
-			))
+		ctx, span = t.tracer.Start(ctx, spanName(r.Method), trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start))
+	}
+	if span != nil && span.IsRecording() {
+		// Attributes are built only for sampled spans: the sampler
+		// (parent-based ratio) does not look at them.
+		span.SetAttributes(
+			keyMethod.String(methodName(r.Method)),
+			keyURLPath.String(r.URL.Path),
+			keyURLScheme.String(scheme(r)),
+			keyServerAddr.String(r.Host),
+			keyClientAddr.String(remoteHost(r.RemoteAddr)),
+			keyProtoVersion.String(protoVersion(r)),
+			keyUserAgent.String(r.UserAgent()),
+			KeyListener.String(h.o.Listener),
+			KeyService.String(service),
+		)
 		if methodName(r.Method) != r.Method {
 			span.SetAttributes(keyMethodOrig.String(r.Method))
 		}
@@ -141,6 +145,10 @@ func (h *serverHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // endServerSpan sets the span's outcome and ends it. A server span is an
 // error only for 5xx (semantic conventions: 4xx are the client's).
 func endServerSpan(span trace.Span, status int, ex *Exchange) {
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	if status > 0 {
 		span.SetAttributes(keyStatus.Int(status))
 	}
