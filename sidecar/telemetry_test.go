@@ -604,3 +604,59 @@ upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
 		t.Errorf("shutdown with a dead collector took %v, its deadline was 1s", d)
 	}
 }
+
+// TestShutdownFlushesSpans: spans still queued when the sidecar is told
+// to stop reach the collector before Shutdown returns, although the batch
+// delay is a minute.
+func TestShutdownFlushesSpans(t *testing.T) {
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+	rcv := otlptest.Start(t)
+	backend := namedBackend(t, "b")
+	out := freeAddr(t)
+	s := New(parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
+telemetry: { tracing: { otlp_endpoint: %s } }
+`, out, backend, rcv.GRPCAddr())), quietLogger())
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t)
+	for range 3 {
+		if code, _, err := get(c, out, "svc"); err != nil || code != 200 {
+			t.Fatalf("request: %d %v", code, err)
+		}
+	}
+	if n := len(rcv.Spans()); n != 0 {
+		t.Fatalf("%d spans exported before shutdown with a one-minute batch delay", n)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	s.Shutdown(ctx)
+	if n := len(rcv.Spans()); n != 6 {
+		t.Fatalf("after Shutdown the collector has %d spans, want 6 (a server and a client span per request)", n)
+	}
+}
+
+// TestConfigRedactsOTLPHeaders: /config shows the exporter's headers
+// without their values, which are API keys.
+func TestConfigRedactsOTLPHeaders(t *testing.T) {
+	adminAddr := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+admin: { listen: %s }
+outbound: { listen: %s }
+telemetry:
+  tracing: { otlp_endpoint: %s, headers: { x-api-key: s3cret } }
+`, adminAddr, freeAddr(t), otlptest.ClosedAddr(t))))
+	var cfg map[string]any
+	adminGet(t, adminAddr, "/config", &cfg)
+	tel, _ := cfg["telemetry"].(map[string]any)
+	tr, _ := tel["tracing"].(map[string]any)
+	headers, _ := tr["headers"].(map[string]any)
+	if headers["x-api-key"] != "[redacted]" {
+		t.Errorf("/config telemetry = %v, want the header value redacted", tel)
+	}
+	if b, _ := json.Marshal(cfg); strings.Contains(string(b), "s3cret") {
+		t.Errorf("/config leaks the secret: %s", b)
+	}
+}
