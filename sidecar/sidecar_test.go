@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(otlpSinkEnv) != "" {
+		// Re-executed by a benchmark as its OTLP collector process.
+		runOTLPSink()
+		return
+	}
 	goleak.VerifyTestMain(m)
 }
 
