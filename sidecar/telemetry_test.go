@@ -660,3 +660,32 @@ telemetry:
 		t.Errorf("/config leaks the secret: %s", b)
 	}
 }
+
+// TestMetricsOverOTLP: with telemetry.metrics, the same metrics /metrics
+// serves are pushed to an OTLP collector, here over http/protobuf.
+func TestMetricsOverOTLP(t *testing.T) {
+	rcv := otlptest.Start(t)
+	backend := namedBackend(t, "b")
+	out := freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
+telemetry:
+  metrics: { otlp_endpoint: %s, protocol: http/protobuf, interval: 1s }
+`, out, backend, rcv.HTTPURL())))
+	c := newClient(t)
+	for range 7 {
+		if code, _, err := get(c, out, "svc"); err != nil || code != 200 {
+			t.Fatalf("request: %d %v", code, err)
+		}
+	}
+	rcv.WaitMetrics(t, 15*time.Second, func(points []otlptest.MetricPoint) bool {
+		for _, p := range points {
+			if p.Name == "http.server.request.duration" && p.Attributes["sidemesh.service"] == "svc" &&
+				p.Count == 7 && p.Transport == "http" && p.Resource["service.name"] == "sidemesh" {
+				return true
+			}
+		}
+		return false
+	})
+}
