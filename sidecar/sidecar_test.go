@@ -235,7 +235,7 @@ func TestTCPUpstreamAndInbound(t *testing.T) {
 		}
 	}()
 	echoPort := echo.Addr().(*net.TCPAddr).Port
-	inbound, clientOut, tcpListen := freeAddr(t), freeAddr(t), freeAddr(t)
+	inbound, clientOut, tcpListen, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: echo, port: %d, protocol: tcp }
 inbound: { listen: %s }
@@ -243,8 +243,9 @@ outbound: { listen: %s }
 `, echoPort, inbound, freeAddr(t))))
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
+admin: { listen: %s }
 upstreams: [{ service: echo, protocol: tcp, listen: %s, endpoints: [{ address: %s }] }]
-`, clientOut, tcpListen, inbound)))
+`, clientOut, adminAddr, tcpListen, inbound)))
 
 	c, err := net.DialTimeout("tcp", tcpListen, 2*time.Second)
 	if err != nil {
@@ -263,6 +264,33 @@ upstreams: [{ service: echo, protocol: tcp, listen: %s, endpoints: [{ address: %
 			t.Fatalf("echo %d: %q, %v", i, got, err)
 		}
 	}
+
+	// The connection is counted open, then, once closed, as one
+	// connection with its bytes each way.
+	up := map[string]string{"sidemesh_upstream": "echo"}
+	if n, _ := metricValue(scrape(t, adminAddr), "sidemesh_tcp_active_connections", up); n != 1 {
+		t.Errorf("active TCP connections = %v, want 1", n)
+	}
+	c.Close()
+	const bytes = float64(5 * len("line 0\n"))
+	waitMetrics := func(name string, labels map[string]string, want float64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got, _ := metricValue(scrape(t, adminAddr), name, labels)
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s%v = %v, want %v", name, labels, got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitMetrics("sidemesh_tcp_connections_total", map[string]string{"sidemesh_upstream": "echo", "sidemesh_endpoint": inbound}, 1)
+	waitMetrics("sidemesh_tcp_active_connections", up, 0)
+	waitMetrics("sidemesh_tcp_io_bytes_total", map[string]string{"sidemesh_upstream": "echo", "network_io_direction": "transmit"}, bytes)
+	waitMetrics("sidemesh_tcp_io_bytes_total", map[string]string{"sidemesh_upstream": "echo", "network_io_direction": "receive"}, bytes)
 }
 
 // TestShutdownWaitsForInFlight checks that Shutdown lets a request that

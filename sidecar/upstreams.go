@@ -326,6 +326,7 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 			ConnectTimeout: cfg.ConnectTimeout,
 			IdleTimeout:    cfg.IdleTimeout,
 			TLS:            mtls,
+			Telemetry:      tel.Client(cfg.Service, cfg.Balancer),
 		}
 	} else {
 		u.proxy = proxy.NewUpstream(proxy.UpstreamOptions{

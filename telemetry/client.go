@@ -141,3 +141,25 @@ func (c *Client) RetryBudgetExhausted() {
 		c.t.metrics.retryBudgetExhausted(c.upstream)
 	}
 }
+
+// Conn is one proxied TCP connection in progress. The zero Conn (from a
+// nil Client) records nothing. End it exactly once.
+type Conn struct{ c *Client }
+
+// StartConn counts a TCP connection to the upstream as open.
+func (c *Client) StartConn() Conn {
+	if c == nil {
+		return Conn{}
+	}
+	c.t.metrics.tcpStart(c.upstream)
+	return Conn{c: c}
+}
+
+// End counts the connection as ended: to endpoint ("" when none could be
+// picked), failed with errKind ("" for a connection that ran its course),
+// after sent bytes toward the endpoint and received bytes from it.
+func (cn Conn) End(endpoint, errKind string, sent, received int64) {
+	if cn.c != nil {
+		cn.c.t.metrics.tcpEnd(cn.c.upstream, endpoint, errKind, sent, received)
+	}
+}

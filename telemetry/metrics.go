@@ -55,6 +55,7 @@ const (
 	keyClientAddr   = attribute.Key("client.address")
 	keyUserAgent    = attribute.Key("user_agent.original")
 	keyProtoVersion = attribute.Key("network.protocol.version")
+	keyIODirection  = attribute.Key("network.io.direction")
 )
 
 // durationBuckets are the semantic conventions' advisory boundaries for
@@ -76,6 +77,9 @@ type Metrics struct {
 	transitions    metric.Int64Counter
 	ejections      metric.Int64Counter
 	denials        metric.Int64Counter
+	tcpConns       metric.Int64Counter
+	tcpActive      metric.Int64UpDownCounter
+	tcpBytes       metric.Int64Counter
 
 	// sets caches attribute sets by seriesKey: building one sorts and
 	// allocates, which the request path should not pay every time.
@@ -103,6 +107,8 @@ const (
 	seriesEndpointState
 	seriesEndpoint
 	seriesRule
+	seriesTCP
+	seriesTCPIO
 )
 
 // newMetrics creates the instruments on m.
@@ -145,6 +151,15 @@ func newMetrics(m metric.Meter) (*Metrics, error) {
 	note(err)
 	x.denials, err = m.Int64Counter("sidemesh.policy.denials", metric.WithUnit("{request}"),
 		metric.WithDescription("Inbound requests and connections the authorization policy denied, by the rule that decided."))
+	note(err)
+	x.tcpConns, err = m.Int64Counter("sidemesh.tcp.connections", metric.WithUnit("{connection}"),
+		metric.WithDescription("TCP connections proxied to an upstream, by endpoint, counted when they end; error.type says why one failed."))
+	note(err)
+	x.tcpActive, err = m.Int64UpDownCounter("sidemesh.tcp.active_connections", metric.WithUnit("{connection}"),
+		metric.WithDescription("TCP connections open to an upstream now."))
+	note(err)
+	x.tcpBytes, err = m.Int64Counter("sidemesh.tcp.io", metric.WithUnit("By"),
+		metric.WithDescription("Bytes proxied over TCP connections to an upstream: transmit toward the endpoint, receive from it."))
 	note(err)
 	if len(e) > 0 {
 		return nil, fmt.Errorf("telemetry: creating instruments: %v", e)
@@ -307,4 +322,39 @@ func (m *Metrics) PolicyDenial(rule string) {
 	m.denials.Add(context.Background(), 1, m.set(seriesKey{kind: seriesRule, a: rule}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{KeyPolicyRule.String(rule)}
 	}))
+}
+
+func (m *Metrics) tcpStart(upstream string) {
+	if m != nil {
+		m.tcpActive.Add(context.Background(), 1, m.upstreamOpt(upstream))
+	}
+}
+
+func (m *Metrics) tcpEnd(upstream, endpoint, errKind string, sent, received int64) {
+	if m == nil {
+		return
+	}
+	ctx := context.Background()
+	m.tcpActive.Add(ctx, -1, m.upstreamOpt(upstream))
+	m.tcpConns.Add(ctx, 1, m.set(seriesKey{kind: seriesTCP, a: upstream, b: endpoint, errorTyp: errKind}, func() []attribute.KeyValue {
+		kv := []attribute.KeyValue{KeyUpstream.String(upstream)}
+		if endpoint != "" {
+			kv = append(kv, KeyEndpoint.String(endpoint))
+		}
+		if errKind != "" {
+			kv = append(kv, keyErrorType.String(errKind))
+		}
+		return kv
+	}))
+	for _, d := range []struct {
+		dir string
+		n   int64
+	}{{"transmit", sent}, {"receive", received}} {
+		if d.n == 0 {
+			continue
+		}
+		m.tcpBytes.Add(ctx, d.n, m.set(seriesKey{kind: seriesTCPIO, a: upstream, b: endpoint, c: d.dir}, func() []attribute.KeyValue {
+			return []attribute.KeyValue{KeyUpstream.String(upstream), KeyEndpoint.String(endpoint), keyIODirection.String(d.dir)}
+		}))
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/telemetry"
 )
 
 // TCPTarget is where a TCP proxy sends a new connection.
@@ -32,6 +33,8 @@ type TCPTarget struct {
 	// this configuration (mutual TLS between sidecars); the handshake
 	// counts as part of connecting.
 	TLS *tls.Config
+	// Telemetry counts connections and bytes. Nil records nothing.
+	Telemetry *telemetry.Client
 }
 
 // TCPProxy accepts connections and splices each to an endpoint chosen per
@@ -173,6 +176,9 @@ type tcpSession struct {
 	upstream net.Conn
 	closed   bool
 	last     atomic.Int64 // unix nanos of the last byte moved either way
+	// sent and received count the bytes written to the endpoint and
+	// read from it.
+	sent, received atomic.Int64
 }
 
 func (s *tcpSession) close() {
@@ -206,9 +212,11 @@ func (p *TCPProxy) serve(s *tcpSession) {
 	if ta, ok := s.client.RemoteAddr().(*net.TCPAddr); ok {
 		client = ta.AddrPort().Addr().Unmap()
 	}
+	conn := t.Telemetry.StartConn()
 	pick, err := t.Picker.Pick(balancer.Request{Client: client})
 	if err != nil {
 		log.Warn("tcp: no endpoint", "err", err)
+		conn.End("", string(KindNoEndpoints), 0, 0)
 		return
 	}
 	timeout := t.ConnectTimeout
@@ -220,10 +228,18 @@ func (p *TCPProxy) serve(s *tcpSession) {
 	if err != nil {
 		pick.Done(balancer.Result{Err: err, Latency: time.Since(start)})
 		log.Warn("tcp: connect failed", "endpoint", pick.Endpoint.Addr, "err", err)
+		conn.End(pick.Endpoint.Addr, string(KindConnectFailure), 0, 0)
 		return
 	}
 	res := balancer.Result{Latency: time.Since(start)}
-	defer func() { pick.Done(res) }()
+	defer func() {
+		pick.Done(res)
+		kind := ""
+		if res.Err != nil {
+			kind = string(KindReset)
+		}
+		conn.End(pick.Endpoint.Addr, kind, s.sent.Load(), s.received.Load())
+	}()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -244,11 +260,11 @@ func (p *TCPProxy) serve(s *tcpSession) {
 	}
 	ends := make(chan end, 2)
 	go func() {
-		onWrite, err := s.pipe(up, s.client, t.IdleTimeout)
+		onWrite, err := s.pipe(up, s.client, t.IdleTimeout, &s.sent)
 		ends <- end{err, onWrite}
 	}()
 	go func() {
-		onWrite, err := s.pipe(s.client, up, t.IdleTimeout)
+		onWrite, err := s.pipe(s.client, up, t.IdleTimeout, &s.received)
 		ends <- end{err, !onWrite}
 	}()
 	for range 2 {
@@ -274,8 +290,8 @@ func (p *TCPProxy) serve(s *tcpSession) {
 // an idle timeout, reads wake up periodically and give up only when
 // neither direction has moved a byte for that long. It returns the error
 // that ended the copy, if any, and whether it was writing to dst (rather
-// than reading from src) that failed.
-func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) (onWrite bool, err error) {
+// than reading from src) that failed. It adds the bytes written to count.
+func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration, count *atomic.Int64) (onWrite bool, err error) {
 	buf := sharedBuffers.Get()
 	defer sharedBuffers.Put(buf)
 	for {
@@ -285,7 +301,9 @@ func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration) (onWrite bool, 
 		n, err := src.Read(buf)
 		if n > 0 {
 			s.last.Store(time.Now().UnixNano())
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			w, werr := dst.Write(buf[:n])
+			count.Add(int64(w))
+			if werr != nil {
 				return true, werr
 			}
 		}
