@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
@@ -240,6 +241,17 @@ func (w *statusWriter) Flush() {
 		w.status = http.StatusOK
 	}
 	http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Hijack takes over the connection, for a protocol upgrade: the reverse
+// proxy hijacks to write the endpoint's 101 itself, so the status is
+// recorded as 101 (Switching Protocols) here.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && w.status == 0 {
+		w.status = http.StatusSwitchingProtocols
+	}
+	return conn, brw, err
 }
 
 // Unwrap returns the server's writer, for http.ResponseController.

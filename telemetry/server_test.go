@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -96,5 +97,64 @@ func TestNilTelemetry(t *testing.T) {
 	tel.Metrics().PolicyDenial("default")
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHandlerKeepsWriterFeatures: behind Handler, the proxy can still
+// flush, go full duplex and hijack (WebSocket upgrades) through
+// http.ResponseController, and trailers still reach the client.
+func TestHandlerKeepsWriterFeatures(t *testing.T) {
+	tel := newTestTelemetry(t, &bytes.Buffer{})
+	errs := make(chan error, 3)
+	h := tel.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		switch r.URL.Path {
+		case "/hijack":
+			conn, buf, err := rc.Hijack()
+			if err != nil {
+				errs <- err
+				return
+			}
+			buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+			buf.Flush()
+			conn.Close()
+		default:
+			errs <- rc.EnableFullDuplex()
+			w.Header().Set("Trailer", "X-Checksum")
+			w.Write([]byte("part"))
+			errs <- rc.Flush()
+			w.Header().Set("X-Checksum", "abc")
+		}
+	}), ServerOptions{Listener: "inbound", Service: func(*http.Request) string { return "svc" }})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "part" || resp.Trailer.Get("X-Checksum") != "abc" {
+		t.Errorf("body %q trailer %v", body, resp.Trailer)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("through the handler: %v", err)
+		}
+	}
+	resp, err = http.Get(srv.URL + "/hijack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "hi" {
+		t.Errorf("hijacked response %q", body)
+	}
+	select {
+	case err := <-errs:
+		t.Errorf("hijack through the handler: %v", err)
+	default:
 	}
 }
