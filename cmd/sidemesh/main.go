@@ -21,6 +21,11 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	// Mozilla's root certificates, used only where the host has none (the
+	// image FROM scratch): OTLP collectors and Consul servers reached
+	// over TLS must verify without the operator mounting a bundle.
+	_ "golang.org/x/crypto/x509roots/fallback"
+
 	"github.com/sidemesh/sidemesh/discovery/gossip"
 	"github.com/sidemesh/sidemesh/sidecar"
 	"github.com/sidemesh/sidemesh/sidecar/config"
