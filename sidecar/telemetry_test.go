@@ -689,3 +689,22 @@ telemetry:
 		return false
 	})
 }
+
+// TestReloadRefusesTelemetryChange: exporters are set up at start, so a
+// reload that changes the telemetry section is refused and the old
+// config stays in force.
+func TestReloadRefusesTelemetryChange(t *testing.T) {
+	out := freeAddr(t)
+	yaml := `
+outbound: { listen: %s }
+telemetry: { access_log: %s }
+`
+	s := start(t, parse(t, fmt.Sprintf(yaml, out, "off")))
+	err := s.Reload(t.Context(), parse(t, fmt.Sprintf(yaml, out, "stderr")))
+	if err == nil || !strings.Contains(err.Error(), "telemetry section changed; restart") {
+		t.Fatalf("Reload = %v, want a refusal naming the telemetry section", err)
+	}
+	if got := s.Config().Telemetry.AccessLog; got != "off" {
+		t.Errorf("access_log in force = %q, want the old off", got)
+	}
+}
