@@ -69,14 +69,26 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 		closer.Close()
 		return nil, nil, err
 	}
-	if tc.Tracing != nil {
-		ratio := "from environment"
-		if r := tc.Tracing.SampleRatio; r != nil {
+	if tr := tc.Tracing; tr != nil {
+		ratio := "OTEL_TRACES_SAMPLER or 1"
+		if r := tr.SampleRatio; r != nil {
 			ratio = fmt.Sprint(*r)
 		}
-		s.log.Info("tracing on", "otlp", tc.Tracing.OTLP.String(), "sample_ratio", ratio)
+		s.log.Info("tracing on", "endpoint", orEnv(tr.Endpoint), "protocol", orEnv(tr.ProtocolName()), "sample_ratio", ratio)
+	}
+	if m := tc.Metrics; m != nil {
+		s.log.Info("metrics export on", "endpoint", orEnv(m.Endpoint), "protocol", orEnv(m.ProtocolName()), "interval", m.Interval)
 	}
 	return t, closer, nil
+}
+
+// orEnv is a log value for an OTLP setting the config may leave to the
+// environment.
+func orEnv(v string) string {
+	if v == "" {
+		return "from OTEL_EXPORTER_OTLP_* or default"
+	}
+	return v
 }
 
 type nopCloser struct{}

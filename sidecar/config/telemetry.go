@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
@@ -159,17 +158,4 @@ func (v *validator) otlp(path string, o *OTLP) {
 		}
 	}
 	v.nonNegative(path+".timeout", o.Timeout)
-}
-
-// String describes the exporter for logs: protocol and endpoint, with
-// "(from environment)" for what the environment decides.
-func (o *OTLP) String() string {
-	p, e := o.ProtocolName(), o.Endpoint
-	if p == "" {
-		p = "protocol from environment"
-	}
-	if e == "" {
-		e = "endpoint from environment"
-	}
-	return fmt.Sprintf("%s %s", p, e)
 }
