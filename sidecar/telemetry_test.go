@@ -708,3 +708,53 @@ telemetry: { access_log: %s }
 		t.Errorf("access_log in force = %q, want the old off", got)
 	}
 }
+
+// TestMetricsExemplars: scraped as OpenMetrics, the duration histograms
+// link to the sampled trace of a request.
+func TestMetricsExemplars(t *testing.T) {
+	rcv := otlptest.Start(t)
+	backend := namedBackend(t, "b")
+	out, adminAddr := freeAddr(t), freeAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+admin: { listen: %s }
+upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
+telemetry: { tracing: { otlp_endpoint: %s } }
+`, out, adminAddr, backend, rcv.GRPCAddr())))
+	const traceID = "5b8efff798038103d269b633813fc60c"
+	req, _ := http.NewRequest("GET", "http://"+out+"/", nil)
+	req.Host = "svc"
+	req.Header.Set("traceparent", "00-"+traceID+"-eee19b7ec3c1b174-01")
+	resp, err := newClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	mreq, _ := http.NewRequest("GET", "http://"+adminAddr+"/metrics", nil)
+	mreq.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	mresp, err := http.DefaultClient.Do(mreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for line := range strings.Lines(string(body)) {
+		if strings.HasPrefix(line, "http_server_request_duration_seconds_bucket{") && strings.Contains(line, `trace_id="`+traceID+`"`) {
+			return
+		}
+	}
+	t.Errorf("no exemplar with trace %s on http_server_request_duration_seconds (Content-Type %s):\n%s",
+		traceID, mresp.Header.Get("Content-Type"), grepPrefix(string(body), "http_server_request_duration_seconds_bucket"))
+}
+
+func grepPrefix(text, prefix string) string {
+	var b strings.Builder
+	for line := range strings.Lines(text) {
+		if strings.HasPrefix(line, prefix) {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
