@@ -34,14 +34,6 @@ func (t *Telemetry) Client(upstream, policy string) *Client {
 	return &Client{t: t, upstream: upstream, policy: policy}
 }
 
-// Upstream returns the upstream's name; "" for a nil c.
-func (c *Client) Upstream() string {
-	if c == nil {
-		return ""
-	}
-	return c.upstream
-}
-
 // TryInfo describes one try.
 type TryInfo struct {
 	// Endpoint is the endpoint's "host:port", EndpointID its ID.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -82,9 +83,16 @@ type Metrics struct {
 	tcpBytes       metric.Int64Counter
 
 	// sets caches attribute sets by seriesKey: building one sorts and
-	// allocates, which the request path should not pay every time.
-	sets sync.Map // seriesKey -> metric.MeasurementOption
+	// allocates, which the request path should not pay every time. It
+	// holds at most maxCachedSeries; past that (endpoints coming and
+	// going for weeks), sets are built per measurement.
+	sets   sync.Map // seriesKey -> metric.MeasurementOption
+	cached atomic.Int64
 }
+
+// maxCachedSeries bounds Metrics.sets. The SDK itself keeps at most 2000
+// series per instrument (more go to an overflow series).
+const maxCachedSeries = 20000
 
 // seriesKey identifies the attribute set of one series. Only bounded
 // values go in: methods outside the standard set become _OTHER, services
@@ -167,14 +175,21 @@ func newMetrics(m metric.Meter) (*Metrics, error) {
 	return &x, nil
 }
 
-// set returns the cached measurement option for k, building it with
-// build the first time.
+// set returns the cached measurement option for k, building its
+// attributes with build the first time.
 func (m *Metrics) set(k seriesKey, build func() []attribute.KeyValue) metric.MeasurementOption {
 	if o, ok := m.sets.Load(k); ok {
 		return o.(metric.MeasurementOption)
 	}
-	o, _ := m.sets.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(build()...)))
-	return o.(metric.MeasurementOption)
+	o := metric.WithAttributeSet(attribute.NewSet(build()...))
+	if m.cached.Load() >= maxCachedSeries {
+		return o
+	}
+	if prev, loaded := m.sets.LoadOrStore(k, o); loaded {
+		return prev.(metric.MeasurementOption)
+	}
+	m.cached.Add(1)
+	return o
 }
 
 // knownMethods are the methods the semantic conventions name; any other
@@ -199,16 +214,20 @@ func (m *Metrics) serverStart(ctx context.Context, listener, service string) {
 	if m == nil {
 		return
 	}
-	m.serverActive.Add(ctx, 1, m.set(seriesKey{kind: seriesServerActive, a: listener, b: service}, func() []attribute.KeyValue {
+	m.serverActive.Add(ctx, 1, m.serverActiveOpt(listener, service))
+}
+
+func (m *Metrics) serverActiveOpt(listener, service string) metric.MeasurementOption {
+	return m.set(seriesKey{kind: seriesServerActive, a: listener, b: service}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{KeyListener.String(listener), KeyService.String(service)}
-	}))
+	})
 }
 
 func (m *Metrics) serverEnd(ctx context.Context, listener, service, method string, status int, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.serverActive.Add(ctx, -1, m.set(seriesKey{kind: seriesServerActive, a: listener, b: service}, nil))
+	m.serverActive.Add(ctx, -1, m.serverActiveOpt(listener, service))
 	method = methodName(method)
 	m.serverDuration.Record(ctx, d.Seconds(), m.set(seriesKey{kind: seriesServer, a: listener, b: service, method: method, status: status}, func() []attribute.KeyValue {
 		kv := []attribute.KeyValue{KeyListener.String(listener), KeyService.String(service), keyMethod.String(method)}
@@ -245,16 +264,20 @@ func (m *Metrics) clientStart(ctx context.Context, upstream, endpoint string) {
 	if m == nil {
 		return
 	}
-	m.clientActive.Add(ctx, 1, m.set(seriesKey{kind: seriesClientActive, a: upstream, b: endpoint}, func() []attribute.KeyValue {
+	m.clientActive.Add(ctx, 1, m.clientActiveOpt(upstream, endpoint))
+}
+
+func (m *Metrics) clientActiveOpt(upstream, endpoint string) metric.MeasurementOption {
+	return m.set(seriesKey{kind: seriesClientActive, a: upstream, b: endpoint}, func() []attribute.KeyValue {
 		return append([]attribute.KeyValue{KeyUpstream.String(upstream)}, endpointAttrs(endpoint)...)
-	}))
+	})
 }
 
 func (m *Metrics) clientEnd(ctx context.Context, upstream, endpoint, method string, status int, errKind string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.clientActive.Add(ctx, -1, m.set(seriesKey{kind: seriesClientActive, a: upstream, b: endpoint}, nil))
+	m.clientActive.Add(ctx, -1, m.clientActiveOpt(upstream, endpoint))
 	method = methodName(method)
 	m.clientDuration.Record(ctx, d.Seconds(), m.set(seriesKey{kind: seriesClient, a: upstream, b: endpoint, method: method, status: status, errorTyp: errKind}, func() []attribute.KeyValue {
 		kv := append([]attribute.KeyValue{KeyUpstream.String(upstream), keyMethod.String(method)}, endpointAttrs(endpoint)...)

@@ -121,9 +121,6 @@ func disabled() bool {
 	return strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true")
 }
 
-// Tracing reports whether spans are recorded.
-func (t *Telemetry) Tracing() bool { return t != nil && t.tracer != nil }
-
 // Metrics returns the instruments; nil (recording nothing) for a nil t.
 func (t *Telemetry) Metrics() *Metrics {
 	if t == nil {
