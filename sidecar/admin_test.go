@@ -37,14 +37,7 @@ func TestAdminAPI(t *testing.T) {
 admin: { listen: %s }
 outbound: { listen: %s }
 %s
-upstreams:
-  - service: svc
-    mtls: false
-    endpoints: [{ address: %s }, { address: %s }]
-    retries: { attempts: 1, on: [5xx] }
-    circuit_breaker: { consecutive_failures: 3, open_timeout: 1m }
-    outlier: { consecutive_5xx: 3, base_ejection: 1m }
-`, adminAddr, out, ca.leaf("web"), good.addr, bad.addr)))
+%s`, adminAddr, out, ca.leaf("web"), breakerUpstream(good, bad))))
 
 	var ready map[string]string
 	if code := adminGet(t, adminAddr, "/ready", &ready); code != 200 || ready["status"] != "ready" {
@@ -102,17 +95,10 @@ upstreams: [{ service: catalog }]
 		t.Fatalf("/discovery with consul up = %+v", src)
 	}
 	agent.Stop()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitUntil(t, 30*time.Second, "consul down on /discovery", func() bool {
 		adminGet(t, adminAddr, "/discovery", &src)
-		if len(src) == 1 && !src[0].Healthy && src[0].Error != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/discovery never showed consul down: %+v", src)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return len(src) == 1 && !src[0].Healthy && src[0].Error != ""
+	}, func() string { return fmt.Sprintf("%+v", src) })
 	t.Logf("consul down, as the admin API says: %s", src[0].Error)
 	m := scrape(t, adminAddr)
 	if n, _ := metricValue(m, "sidemesh_discovery_errors_total", map[string]string{"sidemesh_upstream": "catalog", "sidemesh_discovery_backend": "consul"}); n < 1 {

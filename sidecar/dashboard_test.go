@@ -175,18 +175,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	good.latency.Store(int64(2 * time.Millisecond))
 	bad.latency.Store(int64(5 * time.Millisecond))
 	adminAddr, out := freeAddr(t), freeAddr(t)
-	// Without a tls section there is no mTLS to turn off per upstream.
 	config := func(admin string) string {
-		return fmt.Sprintf(`
-%s
-outbound: { listen: %s }
-upstreams:
-  - service: svc
-    endpoints: [{ address: %s }, { address: %s }]
-    retries: { attempts: 1, on: [5xx] }
-    circuit_breaker: { consecutive_failures: 3, open_timeout: 1m }
-    outlier: { consecutive_5xx: 3, base_ejection: 1m }
-`, admin, out, good.addr, bad.addr)
+		return fmt.Sprintf("%s\noutbound: { listen: %s }\n%s", admin, out, breakerUpstream(good, bad))
 	}
 	withAdmin := config(fmt.Sprintf("admin: { listen: %s }", adminAddr))
 	s := start(t, parse(t, withAdmin))

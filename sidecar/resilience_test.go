@@ -102,6 +102,22 @@ func (b *controlledBackend) restart() {
 	}
 }
 
+// breakerUpstream is the YAML of upstream svc over good and bad, with one
+// retry on 5xx, a breaker that opens and an ejection that starts after
+// three failures, both lasting a minute: the scenario in which the admin
+// API, the metrics and the dashboard must show a failing endpoint.
+func breakerUpstream(good, bad *controlledBackend) string {
+	return fmt.Sprintf(`
+upstreams:
+  - service: svc
+    mtls: false
+    endpoints: [{ address: %s }, { address: %s }]
+    retries: { attempts: 1, on: [5xx] }
+    circuit_breaker: { consecutive_failures: 3, open_timeout: 1m }
+    outlier: { consecutive_5xx: 3, base_ejection: 1m }
+`, good.addr, bad.addr)
+}
+
 // endpointOf returns the balancer endpoint for addr of upstream svc.
 func endpointOf(t *testing.T, s *Sidecar, svc, addr string) *balancer.Endpoint {
 	t.Helper()

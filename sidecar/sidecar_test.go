@@ -93,6 +93,23 @@ func get(c *http.Client, addr, host string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
+// waitUntil polls cond until it holds, failing the test with what (and
+// describe's account of the last state, when given) after timeout.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool, describe func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			last := ""
+			if describe != nil {
+				last = ": " + describe()
+			}
+			t.Fatalf("no %s within %v%s", what, timeout, last)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+}
+
 func newClient(t *testing.T) *http.Client {
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -275,17 +292,11 @@ upstreams: [{ service: echo, protocol: tcp, listen: %s, endpoints: [{ address: %
 	const bytes = float64(5 * len("line 0\n"))
 	waitMetrics := func(name string, labels map[string]string, want float64) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			got, _ := metricValue(scrape(t, adminAddr), name, labels)
-			if got == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s%v = %v, want %v", name, labels, got, want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		var got float64
+		waitUntil(t, 5*time.Second, fmt.Sprintf("%s%v = %v", name, labels, want), func() bool {
+			got, _ = metricValue(scrape(t, adminAddr), name, labels)
+			return got == want
+		}, func() string { return fmt.Sprint("last value ", got) })
 	}
 	waitMetrics("sidemesh_tcp_connections_total", map[string]string{"sidemesh_upstream": "echo", "sidemesh_endpoint": inbound}, 1)
 	waitMetrics("sidemesh_tcp_active_connections", up, 0)

@@ -359,14 +359,7 @@ func TestMetricsMatchTraffic(t *testing.T) {
 	start(t, parse(t, fmt.Sprintf(`
 admin: { listen: %s }
 outbound: { listen: %s }
-upstreams:
-  - service: svc
-    mtls: false
-    endpoints: [{ address: %s }, { address: %s }]
-    retries: { attempts: 1, on: [5xx] }
-    circuit_breaker: { consecutive_failures: 3, open_timeout: 1m }
-    outlier: { consecutive_5xx: 3, base_ejection: 1m }
-`, adminAddr, out, good.addr, bad.addr)))
+%s`, adminAddr, out, breakerUpstream(good, bad))))
 
 	const n = 40
 	c := newClient(t)
@@ -479,11 +472,10 @@ telemetry: { access_log: %s }
 	}
 
 	var lines []map[string]any
-	deadline := time.Now().Add(5 * time.Second)
-	for len(lines) < 2 && time.Now().Before(deadline) {
+	waitUntil(t, 5*time.Second, "two access log lines", func() bool {
 		lines = readJSONLines(t, path)
-		time.Sleep(20 * time.Millisecond)
-	}
+		return len(lines) >= 2
+	}, func() string { return fmt.Sprint(lines) })
 	if len(lines) != 2 {
 		t.Fatalf("access log has %d lines, want 2: %v", len(lines), lines)
 	}
