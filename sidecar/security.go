@@ -182,8 +182,9 @@ func (s *security) authorize(next http.Handler) http.Handler {
 			refuse(http.StatusForbidden, "no_identity", "no SPIFFE identity: "+err.Error())
 			return
 		}
+		peerID := peer.String()
 		if ex != nil {
-			ex.Peer = peer.String()
+			ex.Peer = peerID
 		}
 		path, err := policy.NormalizePath(r.URL.EscapedPath())
 		if err != nil {
@@ -191,11 +192,11 @@ func (s *security) authorize(next http.Handler) http.Handler {
 			return
 		}
 		d := s.table.Authorize(r.Context(), policy.Request{
-			Source:      policy.Source{Service: peer.Service, SPIFFE: peer.String(), Namespace: peer.Namespace},
+			Source:      policy.Source{Service: peer.Service, SPIFFE: peerID, Namespace: peer.Namespace},
 			Destination: s.dest, Method: r.Method, Path: path, Header: r.Header,
 		})
 		if !d.Allow {
-			s.log.Info("request denied", "peer", peer.String(), "method", r.Method, "path", path, "rule", d.Rule)
+			s.log.Info("request denied", "peer", peerID, "method", r.Method, "path", path, "rule", d.Rule)
 			refuse(http.StatusForbidden, d.Rule, d.Reason)
 			return
 		}
@@ -206,7 +207,7 @@ func (s *security) authorize(next http.Handler) http.Handler {
 			u, _ := url.Parse(path) // NormalizePath returns a valid escaped path
 			r.URL.Path, r.URL.RawPath = u.Path, u.RawPath
 		}
-		r.Header.Set(s.header, peer.String())
+		r.Header.Set(s.header, peerID)
 		next.ServeHTTP(w, r)
 	})
 }

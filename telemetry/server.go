@@ -77,11 +77,19 @@ type serverHandler struct {
 	o    ServerOptions
 }
 
+// served is the per-request state of serverHandler, allocated once.
+type served struct {
+	ex   Exchange
+	sw   statusWriter
+	body countingBody
+}
+
 func (h *serverHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t := h.t
 	start := time.Now()
 	service := h.o.Service(r)
-	ex := &Exchange{}
+	st := &served{sw: statusWriter{ResponseWriter: w}}
+	ex, sw := &st.ex, &st.sw
 	ctx := context.WithValue(r.Context(), exchangeKey{}, ex)
 
 	var span trace.Span
@@ -108,11 +116,9 @@ func (h *serverHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	t.metrics.serverStart(ctx, h.o.Listener, service)
-	sw := &statusWriter{ResponseWriter: w}
-	var body *countingBody
 	if t.access != nil && r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{ReadCloser: r.Body}
-		r.Body = body
+		st.body.ReadCloser = r.Body
+		r.Body = &st.body
 	}
 	defer func() {
 		// A panic in next (http.ErrAbortHandler from the reverse proxy
@@ -124,10 +130,6 @@ func (h *serverHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			endServerSpan(span, sw.status, ex)
 		}
 		if t.access != nil {
-			var in int64
-			if body != nil {
-				in = body.n
-			}
 			sc := trace.SpanContextFromContext(ctx)
 			if span == nil {
 				// Tracing is off: log the caller's trace, if any, which
@@ -136,7 +138,7 @@ func (h *serverHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			t.logAccess(ctx, accessEntry{
 				listener: h.o.Listener, service: service, r: r, status: sw.status,
-				bytesIn: in, bytesOut: sw.bytes, duration: d, ex: ex, span: sc,
+				bytesIn: st.body.n, bytesOut: sw.bytes, duration: d, ex: ex, span: sc,
 			})
 		}
 	}()
