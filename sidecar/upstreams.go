@@ -99,10 +99,9 @@ func newBalancer(cfg config.Upstream, log *slog.Logger, metrics *telemetry.Metri
 		log.Error("balancer", "err", err)
 		policy = balancer.RoundRobin{}
 	}
-	var bal *balancer.Balancer // set below, before any event can fire
 	opts := balancer.Options{OnEvent: func(ev balancer.Event) {
 		logEvent(log, ev)
-		countEvent(metrics, bal, ev)
+		countEvent(metrics, ev)
 	}}
 	if cb := cfg.CircuitBreaker; cb.Enabled {
 		opts.Breaker = &breaker.Settings{
@@ -124,22 +123,18 @@ func newBalancer(cfg config.Upstream, log *slog.Logger, metrics *telemetry.Metri
 			MaxEjectionPercent:       o.MaxEjectionPercent,
 		}
 	}
-	bal = balancer.New(cfg.Service, policy, opts)
-	return bal
+	return balancer.New(cfg.Service, policy, opts)
 }
 
 // countEvent counts breaker transitions and ejections in metrics, by the
-// endpoint's address.
-func countEvent(metrics *telemetry.Metrics, bal *balancer.Balancer, ev balancer.Event) {
+// endpoint's address (its ID if it has already left).
+func countEvent(metrics *telemetry.Metrics, ev balancer.Event) {
 	if metrics == nil {
 		return
 	}
-	addr := ev.Endpoint
-	for _, ep := range bal.Endpoints() {
-		if ep.ID == ev.Endpoint {
-			addr = ep.Addr
-			break
-		}
+	addr := ev.Addr
+	if addr == "" {
+		addr = ev.Endpoint
 	}
 	switch ev.Kind {
 	case balancer.BreakerOpened:
@@ -161,7 +156,7 @@ func logEvent(log *slog.Logger, ev balancer.Event) {
 	case balancer.BreakerOpened, balancer.Ejected, balancer.Unhealthy:
 		level = slog.LevelWarn
 	}
-	attrs := []any{"endpoint", ev.Endpoint, "event", string(ev.Kind)}
+	attrs := []any{"endpoint", ev.Endpoint, "addr", ev.Addr, "event", string(ev.Kind)}
 	if !ev.Until.IsZero() {
 		attrs = append(attrs, "until", ev.Until.Format(time.RFC3339))
 	}

@@ -271,7 +271,10 @@ const (
 type Event struct {
 	Service  string
 	Endpoint string // the endpoint's ID
-	Kind     EventKind
+	// Addr is the endpoint's "host:port"; empty when the endpoint has
+	// already left the balancer.
+	Addr string
+	Kind EventKind
 	// Until is when an ejection ends (Ejected only).
 	Until time.Time
 }
@@ -323,10 +326,18 @@ func New(service string, policy Policy, opts Options) *Balancer {
 	return b
 }
 
+// emit fills in ev's address and hands it to OnEvent. It takes b.mu, so
+// it must not be called with b.mu held.
 func (b *Balancer) emit(ev Event) {
-	if b.opts.OnEvent != nil {
-		b.opts.OnEvent(ev)
+	if b.opts.OnEvent == nil {
+		return
 	}
+	b.mu.Lock()
+	if ep := b.endpoints[ev.Endpoint]; ep != nil {
+		ev.Addr = ep.Addr
+	}
+	b.mu.Unlock()
+	b.opts.OnEvent(ev)
 }
 
 // Service returns the upstream service name the balancer serves.

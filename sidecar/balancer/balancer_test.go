@@ -150,3 +150,16 @@ func TestLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestEventsNameTheAddress: an availability event carries the endpoint's
+// ID and its address.
+func TestEventsNameTheAddress(t *testing.T) {
+	var got []Event
+	b := New("svc", RoundRobin{}, Options{OnEvent: func(ev Event) { got = append(got, ev) }})
+	b.Update(snapshot(2))
+	b.SetHealthy("e1", false)
+	want := Event{Service: "svc", Endpoint: "e1", Addr: "10.0.0.2:80", Kind: Unhealthy}
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("events = %+v, want [%+v]", got, want)
+	}
+}
