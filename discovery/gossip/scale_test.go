@@ -68,14 +68,24 @@ func TestThirtyMembers(t *testing.T) {
 	took := waitFor(t, 30*time.Second, "30 members to see 30 instances", viewOK(pools, want(n)))
 	t.Logf("full view (%d members x %d instances) converged %v after the publishes, %v after the first start",
 		n, n, took, time.Since(start))
-	took = waitFor(t, 20*time.Second, "30 members to know each other", func() bool {
-		for _, p := range pools {
-			if p.NumMembers() != n {
-				return false
+	// Each pool's live-member count when the wait last looked, shown if
+	// it times out.
+	counts := map[string]int{}
+	func() {
+		defer func() {
+			if t.Failed() {
+				t.Logf("live members seen by each pool: %v", counts)
 			}
-		}
-		return true
-	})
+		}()
+		took = waitFor(t, 20*time.Second, "30 members to know each other", func() bool {
+			ok := true
+			for _, p := range pools {
+				counts[p.Name()] = p.NumMembers()
+				ok = ok && counts[p.Name()] == n
+			}
+			return ok
+		})
+	}()
 	t.Logf("membership (memberlist) converged %v later", took)
 
 	// A member joins: time until all 30 see its instance.
