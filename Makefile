@@ -6,13 +6,13 @@
 #   make chromium  install Debian's chromium, which the dashboard's browser test
 #                  drives, unless one is on the PATH (apt-get; sudo when not root)
 #   make bench   the Go benchmarks
-#   make fuzz    each fuzz target for FUZZTIME (default 30s)
+#   make fuzz    every fuzz target, each for FUZZTIME (default 30s)
 #   make image   a Docker image FROM scratch around the static binary
 
 GO       ?= go
 BIN      := bin/sidemesh
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X main.version=$(VERSION)
+LDFLAGS  := -s -w -X github.com/sidemesh/sidemesh/sidecar/buildinfo.version=$(VERSION)
 FUZZTIME ?= 30s
 
 # Consul for the integration tests: built from the version pinned in
@@ -56,8 +56,15 @@ chromium:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+# Every fuzz target in the tree, FUZZTIME each, found by name so that a new
+# target runs without editing this file.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./sidecar/config/
+	@set -e; for dir in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for target in $$(grep -h '^func Fuzz' $$dir/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+			echo "== $$dir $$target"; \
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$dir; \
+		done; \
+	done
 
 # An image FROM scratch around the static binary (no registry needed).
 image: build

@@ -1,7 +1,7 @@
 // Package discovery defines how a sidecar learns where the instances of a
 // service are: the Endpoint and Snapshot types, the Source interface every
 // discovery backend implements (static configuration, Consul, gossip), and
-// the Registrar interface for backends that publish the local instance.
+// the Instance a backend publishes for the local service.
 //
 // Every Source emits full snapshots, never deltas: a consumer can always
 // replace what it had with the latest value it received.
@@ -71,12 +71,4 @@ type Instance struct {
 	Tags    []string
 	Meta    map[string]string
 	Zone    string
-}
-
-// Registrar publishes the local instance to a registry.
-type Registrar interface {
-	// Register publishes self; calling it again replaces the registration.
-	Register(ctx context.Context, self Instance) error
-	// Deregister removes the registration made by Register.
-	Deregister(ctx context.Context) error
 }

@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -32,7 +34,7 @@ func TestAdminAPI(t *testing.T) {
 	ca := newMeshCA(t, "mesh.local")
 	good, bad := newControlledBackend(t, "good"), newControlledBackend(t, "bad")
 	bad.mode.Store(int32(mode500))
-	adminAddr, out := freeAddr(t), freeAddr(t)
+	adminAddr, out := listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 admin: { listen: %s }
 outbound: { listen: %s }
@@ -82,23 +84,26 @@ outbound: { listen: %s }
 // so for the upstreams watched through it.
 func TestAdminShowsConsulDown(t *testing.T) {
 	agent := consultest.Start(t)
-	adminAddr := freeAddr(t)
+	adminAddr := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 admin: { listen: %s }
 outbound: { listen: %s }
 discovery: { consul: { address: %s } }
 upstreams: [{ service: catalog }]
-`, adminAddr, freeAddr(t), agent.URL())))
+`, adminAddr, listenAddr(t), agent.URL())))
 	var src []admin.Source
 	adminGet(t, adminAddr, "/discovery", &src)
 	if len(src) != 1 || !src[0].Healthy {
 		t.Fatalf("/discovery with consul up = %+v", src)
 	}
 	agent.Stop()
-	waitUntil(t, 30*time.Second, "consul down on /discovery", func() bool {
+	meshtest.Eventually(t, 30*time.Second, "consul down on /discovery", func() error {
 		adminGet(t, adminAddr, "/discovery", &src)
-		return len(src) == 1 && !src[0].Healthy && src[0].Error != ""
-	}, func() string { return fmt.Sprintf("%+v", src) })
+		if len(src) == 1 && !src[0].Healthy && src[0].Error != "" {
+			return nil
+		}
+		return fmt.Errorf("%+v", src)
+	})
 	t.Logf("consul down, as the admin API says: %s", src[0].Error)
 	m := scrape(t, adminAddr)
 	if n, _ := metricValue(m, "sidemesh_discovery_errors_total", map[string]string{"sidemesh_upstream": "catalog", "sidemesh_discovery_backend": "consul"}); n < 1 {

@@ -21,13 +21,10 @@ var _ admin.Provider = adminState{}
 // first snapshot, and with mTLS a certificate is loaded.
 func (a adminState) Ready() (bool, string) {
 	s := a.s
-	s.mu.Lock()
-	started, stopped := s.started, s.stopped
-	s.mu.Unlock()
 	switch {
-	case stopped:
+	case s.stopped.Load():
 		return false, "shutting down"
-	case !started:
+	case !s.started.Load():
 		return false, "starting"
 	}
 	t := s.routes.Load()
@@ -43,7 +40,7 @@ func (a adminState) Ready() (bool, string) {
 			return false, fmt.Sprintf("upstream %s has no discovery snapshot yet", n)
 		}
 	}
-	if s.security != nil && s.security.src.Current() == nil {
+	if s.security != nil && s.security.Current() == nil {
 		return false, "no certificate loaded yet"
 	}
 	return true, ""
@@ -103,7 +100,11 @@ func (a adminState) Upstreams() []admin.Upstream {
 // own to report).
 func (a adminState) Discovery() []admin.Source {
 	var out []admin.Source
-	for name, src := range a.s.backends.consulWatches() {
+	for name, u := range a.s.routes.Load().byName {
+		src := u.w.consul
+		if src == nil {
+			continue
+		}
 		st := admin.Source{Upstream: name, Backend: config.SourceConsul, Healthy: src.Healthy()}
 		if err := src.LastError(); err != nil && !st.Healthy {
 			st.Error = err.Error()
@@ -131,10 +132,7 @@ func (a adminState) Metrics() http.Handler { return a.s.tel.MetricsHandler() }
 
 // Identity implements admin.Provider.
 func (a adminState) Identity() *admin.Identity {
-	if a.s.security == nil {
-		return nil
-	}
-	b := a.s.security.src.Current()
+	b := a.s.security.Current()
 	if b == nil {
 		return nil
 	}

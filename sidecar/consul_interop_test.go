@@ -1,9 +1,12 @@
 package sidecar
 
 import (
+	"net"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -21,7 +24,7 @@ import (
 func TestConsulInteropWithBuiltInProxy(t *testing.T) {
 	agent := consultest.Start(t)
 	cartApp, _ := echoApp(t)
-	cartIn, cartOut := freeAddr(t), freeAddr(t)
+	cartIn, cartOut := listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: cart, port: %d }
 inbound: { listen: %s }
@@ -34,7 +37,7 @@ upstreams:
 
 	// Consul's proxy as web's sidecar: its upstream listener reaches cart
 	// through Consul's catalog, that is, through our registration.
-	up := freePort(t)
+	up := meshtest.FreePort(t)
 	agent.ConnectProxy(t, "-service", "web", "-upstream", "cart:"+strconv.Itoa(up))
 	viaBuiltIn := func() (int, string) {
 		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
@@ -48,16 +51,12 @@ upstreams:
 	}
 	poll := func(what string, ok func() (bool, string)) {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		var last string
-		for time.Now().Before(deadline) {
-			var done bool
-			if done, last = ok(); done {
-				return
+		meshtest.Eventually(t, 60*time.Second, what, func() error {
+			if done, last := ok(); !done {
+				return fmt.Errorf("last: %s", last)
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Fatalf("%s: never happened; last: %s", what, last)
+			return nil
+		})
 	}
 
 	// (1) built-in proxy -> sidemesh: denied by default on our side, then
@@ -79,7 +78,7 @@ upstreams:
 	// (2) sidemesh -> built-in proxy: cart calls api, an app behind
 	// Consul's proxy, which enforces its own intentions.
 	apiApp := startPlainApp(t, "api says hi")
-	public := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	public := "127.0.0.1:" + strconv.Itoa(meshtest.FreePort(t))
 	agent.ConnectProxy(t, "-service", "api", "-service-addr", apiApp, "-listen", public, "-register")
 	if _, _, err := agent.Client().ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "api",
 		Sources: []*api.SourceIntention{{Name: "cart", Action: api.IntentionActionAllow}}}, nil); err != nil {
@@ -90,13 +89,6 @@ upstreams:
 		code, body, err := get(client, cartOut, "api")
 		return err == nil && code == 200 && body == "api says hi", fmt.Sprint(code, " ", body, " ", err)
 	})
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	_, p, _ := net.SplitHostPort(freeAddr(t))
-	n, _ := strconv.Atoi(p)
-	return n
 }
 
 // startPlainApp answers every request with body and returns its address.

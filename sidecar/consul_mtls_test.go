@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+
 	"fmt"
 	"strings"
 	"testing"
@@ -18,16 +20,16 @@ import (
 func TestConsulMTLSAndIntentions(t *testing.T) {
 	agent := consultest.Start(t)
 	port, _ := echoApp(t)
-	cartIn := freeAddr(t)
+	cartIn := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: cart, port: %d }
 inbound: { listen: %s }
 outbound: { listen: %s }
 discovery: { consul: { address: %s } }
 tls: { source: consul }
-`, port, cartIn, freeAddr(t), agent.URL())))
+`, port, cartIn, listenAddr(t), agent.URL())))
 	webApp, _ := echoApp(t)
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: web, port: %d }
 inbound: { listen: %s }
@@ -36,24 +38,20 @@ discovery: { consul: { address: %s } }
 tls: { source: consul }
 upstreams:
   - { service: cart, retries: { attempts: 0 } }
-`, webApp, freeAddr(t), out, agent.URL())))
+`, webApp, listenAddr(t), out, agent.URL())))
 	c := newClient(t)
 
 	// until polls until GET/POST path answers want (and, for 200, a
 	// body from cart's app carrying web's Consul SPIFFE ID).
 	until := func(what, method, path string, want int) {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		var last string
-		for time.Now().Before(deadline) {
+		meshtest.Eventually(t, 60*time.Second, fmt.Sprintf("%s: %s %s answered %d", what, method, path, want), func() error {
 			code, body, err := do(c, out, "cart", method, path, nil)
 			if err == nil && code == want && (want != 200 || strings.Contains(body, "/svc/web")) {
-				return
+				return nil
 			}
-			last = fmt.Sprintf("%d %q %v", code, body, err)
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Fatalf("%s: %s %s never answered %d; last %s", what, method, path, want, last)
+			return fmt.Errorf("last %d %q %v", code, body, err)
+		})
 	}
 
 	until("no intention: default deny", "GET", "/api/x", 403)

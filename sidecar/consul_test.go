@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+
 	"fmt"
 	"net"
 	"net/http"
@@ -16,14 +18,14 @@ func meshService(t *testing.T, agent *consultest.Agent, service, name string) *S
 	t.Helper()
 	app := newControlledBackend(t, name)
 	_, port, _ := net.SplitHostPort(app.addr)
-	in := freeAddr(t)
+	in := listenAddr(t)
 	return start(t, parse(t, fmt.Sprintf(`
 service: { name: %s, id: %s, port: %s, health: { http: /, interval: 1s } }
 inbound: { listen: %s }
 outbound: { listen: %s }
 discovery:
   consul: { address: %s }
-`, service, name, port, in, freeAddr(t), agent.URL())))
+`, service, name, port, in, listenAddr(t), agent.URL())))
 }
 
 // TestConsulEndToEnd runs a request through two sidecars that found each
@@ -33,7 +35,7 @@ func TestConsulEndToEnd(t *testing.T) {
 	agent := consultest.Start(t)
 	meshService(t, agent, "catalog", "catalog-1")
 
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 discovery:
@@ -68,17 +70,13 @@ upstreams:
 // waitForBody sends requests until one is answered 200 with want.
 func waitForBody(t *testing.T, client *http.Client, out, host string, d time.Duration, want string) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	var last string
-	for time.Now().Before(deadline) {
+	meshtest.Eventually(t, d, fmt.Sprintf("answer from %s via %s", want, host), func() error {
 		code, body, err := get(client, out, host)
 		if err == nil && code == 200 && body == want {
-			return
+			return nil
 		}
-		last = fmt.Sprintf("%d %q %v", code, body, err)
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("no answer from %s via %s within %v; last: %s", want, host, d, last)
+		return fmt.Errorf("last: %d %q %v", code, body, err)
+	})
 }
 
 // TestConsulDownAtStart starts sidecars while the agent is down: they
@@ -90,7 +88,7 @@ func TestConsulDownAtStart(t *testing.T) {
 
 	startedAt := time.Now()
 	meshService(t, agent, "catalog", "catalog-1")
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 discovery:

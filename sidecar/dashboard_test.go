@@ -174,7 +174,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	good, bad := newControlledBackend(t, "good"), newControlledBackend(t, "bad")
 	good.latency.Store(int64(2 * time.Millisecond))
 	bad.latency.Store(int64(5 * time.Millisecond))
-	adminAddr, out := freeAddr(t), freeAddr(t)
+	adminAddr, out := listenAddr(t), listenAddr(t)
 	config := func(admin string) string {
 		return fmt.Sprintf("%s\noutbound: { listen: %s }\n%s", admin, out, breakerUpstream(good, bad))
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/discovery/consul"
 	"github.com/sidemesh/sidemesh/discovery/gossip"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/health"
 )
@@ -38,10 +39,7 @@ type backends struct {
 	registrar     *consul.Registrar
 	registrarOpts consul.RegistrarOptions
 
-	mu sync.Mutex // guards below
-	// watches are the Consul sources of the current upstreams, by
-	// upstream, for the admin API.
-	watches  map[string]*consul.Source
+	mu       sync.Mutex // guards below
 	self     discovery.Instance
 	healthy  bool
 	stopLoop context.CancelFunc // registration retry and local health checks
@@ -247,10 +245,16 @@ func (b *backends) registerLoop(ctx context.Context) {
 	}
 }
 
-// source returns the discovery source of upstream u and the key that
-// tells whether it changed.
-func (b *backends) source(cfg *config.Config, u config.Upstream) (discovery.Source, sourceKey) {
-	key := sourceKey{Sources: cfg.Sources(&u), Endpoints: u.Endpoints, Consul: u.Consul}
+// sourceKey returns what the discovery feed of upstream u depends on.
+func (b *backends) sourceKey(cfg *config.Config, u config.Upstream) sourceKey {
+	return sourceKey{Sources: cfg.Sources(&u), Endpoints: u.Endpoints, Consul: u.Consul}
+}
+
+// startWatch starts the discovery feed of upstream u (whose key is key)
+// into bal.
+func (b *backends) startWatch(ctx context.Context, cfg *config.Config, u config.Upstream, key sourceKey, bal *balancer.Balancer, log *slog.Logger) *watch {
+	wctx, cancel := context.WithCancel(ctx)
+	w := &watch{cancel: cancel, key: key, first: make(chan struct{})}
 	var srcs []discovery.Source
 	for _, kind := range key.Sources {
 		switch kind {
@@ -261,33 +265,17 @@ func (b *backends) source(cfg *config.Config, u config.Upstream) (discovery.Sour
 			if dc == "" {
 				dc = cfg.Discovery.Consul.Datacenter
 			}
-			src := consul.NewSource(b.consul, consul.SourceOptions{
+			w.consul = consul.NewSource(b.consul, consul.SourceOptions{
 				Mesh: u.Consul.Mesh, Datacenter: dc, Tags: u.Consul.Tags,
 				Logger: b.log.With("backend", "consul", "upstream", u.Service),
 			})
-			b.mu.Lock()
-			if b.watches == nil {
-				b.watches = map[string]*consul.Source{}
-			}
-			b.watches[u.Service] = src
-			b.mu.Unlock()
-			srcs = append(srcs, src)
+			srcs = append(srcs, w.consul)
 		case config.SourceGossip:
 			srcs = append(srcs, b.pool)
 		}
 	}
-	return discovery.Merge(srcs...), key
-}
-
-// consulWatches returns the Consul sources of the upstreams, by upstream.
-func (b *backends) consulWatches() map[string]*consul.Source {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := make(map[string]*consul.Source, len(b.watches))
-	for k, v := range b.watches {
-		out[k] = v
-	}
-	return out
+	w.feed(wctx, bal, discovery.Merge(srcs...), u.Service, log)
+	return w
 }
 
 // compatible reports whether cfg can be applied to the running backends:

@@ -86,7 +86,7 @@ func do(c *http.Client, out, host, method, path string, hdr map[string]string) (
 func TestMTLSAndPolicy(t *testing.T) {
 	ca := newMeshCA(t, "mesh.local")
 	port, appHits := echoApp(t)
-	cartIn, cartAdmin := freeAddr(t), freeAddr(t)
+	cartIn, cartAdmin := listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: cart, port: %d }
 inbound: { listen: %s }
@@ -97,8 +97,8 @@ policy:
   rules:
     - { from: [web], methods: [GET], paths: [/api/], action: allow }
     - { from: [web], paths: [/api/private/], action: deny }
-`, port, cartIn, freeAddr(t), cartAdmin, ca.leaf("cart"))))
-	out := freeAddr(t)
+`, port, cartIn, listenAddr(t), cartAdmin, ca.leaf("cart"))))
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 %s
@@ -156,14 +156,14 @@ upstreams:
 func TestMTLSRefusals(t *testing.T) {
 	ca := newMeshCA(t, "mesh.local")
 	port, appHits := echoApp(t)
-	cartIn := freeAddr(t)
+	cartIn := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: cart, port: %d }
 inbound: { listen: %s }
 outbound: { listen: %s }
 %s
 policy: { default: allow }
-`, port, cartIn, freeAddr(t), ca.leaf("cart"))))
+`, port, cartIn, listenAddr(t), ca.leaf("cart"))))
 
 	// Plain HTTP to the inbound port.
 	if resp, err := http.Get("http://" + cartIn + "/"); err == nil {
@@ -216,15 +216,15 @@ policy: { default: allow }
 
 	// A sidecar that dials cart but reaches a server proving another
 	// identity gets no answer from it.
-	impostorIn := freeAddr(t)
+	impostorIn := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: catalog, port: %d }
 inbound: { listen: %s }
 outbound: { listen: %s }
 %s
 policy: { default: allow }
-`, port, impostorIn, freeAddr(t), ca.leaf("catalog"))))
-	out := freeAddr(t)
+`, port, impostorIn, listenAddr(t), ca.leaf("catalog"))))
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 %s
@@ -246,15 +246,15 @@ upstreams:
 func TestMTLSRotationUnderLoad(t *testing.T) {
 	ca := newMeshCA(t, "mesh.local")
 	port, _ := echoApp(t)
-	cartIn := freeAddr(t)
+	cartIn := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: cart, port: %d }
 inbound: { listen: %s }
 outbound: { listen: %s }
 %s
 policy: { rules: [{ from: [web], action: allow }] }
-`, port, cartIn, freeAddr(t), ca.leaf("cart"))))
-	out := freeAddr(t)
+`, port, cartIn, listenAddr(t), ca.leaf("cart"))))
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 %s
@@ -301,7 +301,7 @@ upstreams:
 func TestPolicyReload(t *testing.T) {
 	ca := newMeshCA(t, "mesh.local")
 	port, _ := echoApp(t)
-	cartIn := freeAddr(t)
+	cartIn := listenAddr(t)
 	cartCfg := func(rules string) string {
 		return fmt.Sprintf(`
 service: { name: cart, port: %d }
@@ -311,10 +311,10 @@ outbound: { listen: %s }
 policy: { rules: [%s] }
 `, port, cartIn, "127.0.0.1:1", ca.leaf("cart"), rules)
 	}
-	cartOut := freeAddr(t)
+	cartOut := listenAddr(t)
 	first := strings.Replace(cartCfg(`{ from: [web], action: allow }`), "127.0.0.1:1", cartOut, 1)
 	cart := start(t, parse(t, first))
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 %s
@@ -355,23 +355,23 @@ func TestMTLSTCPInbound(t *testing.T) {
 			go func() { defer c.Close(); io.Copy(c, c) }()
 		}
 	}()
-	dbIn := freeAddr(t)
+	dbIn := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: db, port: %d, protocol: tcp }
 inbound: { listen: %s }
 outbound: { listen: %s }
 %s
 policy: { rules: [{ from: [web], action: allow }] }
-`, echo.Addr().(*net.TCPAddr).Port, dbIn, freeAddr(t), ca.leaf("db"))))
+`, echo.Addr().(*net.TCPAddr).Port, dbIn, listenAddr(t), ca.leaf("db"))))
 
 	caller := func(name string) string {
-		listen := freeAddr(t)
+		listen := listenAddr(t)
 		start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 %s
 upstreams:
   - { service: db, protocol: tcp, listen: %s, endpoints: [{ address: %s }] }
-`, freeAddr(t), ca.leaf(name), listen, dbIn)))
+`, listenAddr(t), ca.leaf(name), listen, dbIn)))
 		return listen
 	}
 	roundTrip := func(addr string) error {

@@ -71,13 +71,13 @@ func TestGRPCThroughTracedSidecars(t *testing.T) {
 	t.Cleanup(gs.Stop)
 	appPort := ln.Addr().(*net.TCPAddr).Port
 
-	inB, outA := freeAddr(t), freeAddr(t)
+	inB, outA := listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: echo, port: %d, protocol: grpc }
 inbound: { listen: %s }
 outbound: { listen: %s }
 telemetry: { tracing: { otlp_endpoint: %s } }
-`, appPort, inB, freeAddr(t), rcv.GRPCAddr())))
+`, appPort, inB, listenAddr(t), rcv.GRPCAddr())))
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: echo, protocol: grpc, endpoints: [{ address: %s }] }]
@@ -179,13 +179,13 @@ func TestWebSocketThroughTracedSidecars(t *testing.T) {
 	go app.Serve(ln)
 	t.Cleanup(func() { app.Close() })
 
-	inB, outA := freeAddr(t), freeAddr(t)
+	inB, outA := listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: ws, port: %d }
 inbound: { listen: %s }
 outbound: { listen: %s }
 telemetry: { tracing: { otlp_endpoint: %s }, access_log: %s }
-`, ln.Addr().(*net.TCPAddr).Port, inB, freeAddr(t), rcv.GRPCAddr(), t.TempDir()+"/access.log")))
+`, ln.Addr().(*net.TCPAddr).Port, inB, listenAddr(t), rcv.GRPCAddr(), t.TempDir()+"/access.log")))
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: ws, endpoints: [{ address: %s }] }]

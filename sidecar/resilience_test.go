@@ -148,7 +148,7 @@ func sendN(c *http.Client, out, svc string, n int) (failed []int) {
 // opens and it is ejected; after it recovers, half-open lets it back in.
 func TestFailingEndpoint(t *testing.T) {
 	a, b, c := newControlledBackend(t, "a"), newControlledBackend(t, "b"), newControlledBackend(t, "c")
-	out := freeAddr(t)
+	out := listenAddr(t)
 	s := start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams:
@@ -214,7 +214,7 @@ func TestRetryBudgetCapsRetries(t *testing.T) {
 	a, b := newControlledBackend(t, "a"), newControlledBackend(t, "b")
 	a.mode.Store(int32(mode500))
 	b.mode.Store(int32(mode500))
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams:
@@ -249,7 +249,7 @@ func TestLeastResponseTime(t *testing.T) {
 	for i, d := range []time.Duration{5 * time.Millisecond, 20 * time.Millisecond, 80 * time.Millisecond} {
 		backends[i].latency.Store(int64(d))
 	}
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams:
@@ -324,7 +324,7 @@ upstreams:
 // no traffic, and gets it back once it passes again.
 func TestActiveHealthChecks(t *testing.T) {
 	a, b := newControlledBackend(t, "a"), newControlledBackend(t, "b")
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams:

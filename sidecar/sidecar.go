@@ -1,34 +1,34 @@
-// Package sidecar runs one sidemesh process: it binds the listeners a
-// config asks for, feeds each upstream's balancer from discovery, routes
-// requests through the proxy, and applies new configs without dropping
-// connections.
+// Package sidecar runs one sidemesh process. It is wiring only: from a
+// config it builds the listeners (sidecar/listener), the chains behind
+// them (sidecar/pipeline, with the filters of sidecar/proxy and
+// sidecar/security), each upstream's balancer fed by discovery, and the
+// proxies; it applies new configs without dropping connections, and
+// drains on shutdown.
 package sidecar
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
 	"net"
-	"net/http"
 	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/sidemesh/sidemesh/discovery"
-	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
-	"github.com/sidemesh/sidemesh/sidecar/proxy"
+	"github.com/sidemesh/sidemesh/sidecar/listener"
+	"github.com/sidemesh/sidemesh/sidecar/security"
 	"github.com/sidemesh/sidemesh/telemetry"
 )
 
 // Sidecar is a running sidemesh data plane. Create it with New, then Start
 // (or Run); Reload and Shutdown may be called from any goroutine and are
-// serialised.
+// serialised. What the admin API reads (Config, readiness, routes) is
+// published atomically and never waits for a reload or a drain.
 type Sidecar struct {
 	log *slog.Logger
 
@@ -37,36 +37,60 @@ type Sidecar struct {
 	life     context.Context
 	stopLife context.CancelFunc
 
-	routes atomic.Pointer[routeTable]
+	cfg     atomic.Pointer[config.Config]
+	routes  atomic.Pointer[routeTable]
+	started atomic.Bool
+	stopped atomic.Bool
+
+	// adopted are listeners handed to New, by address, until apply binds
+	// them.
+	adopted map[string]net.Listener
 
 	mu        sync.Mutex // serialises Start, Reload, Shutdown; guards below
-	cfg       *config.Config
 	backends  *backends
-	security  *security // nil when mutual TLS is off
+	security  *security.Security // nil when mutual TLS is off
 	tel       *telemetry.Telemetry
 	accessLog io.Closer // the access log file, closed after tel's Shutdown
 	upstreams map[string]*upstream
 	local     *upstream
-	sockets   map[string]*socket // by address
-	servers   map[string]*server // by address
-	draining  sync.WaitGroup     // servers replaced by a reload, still draining
-	started   bool
-	stopped   bool
+	sockets   map[string]*listener.Socket // by address
+	servers   map[string]*server          // by address
+	draining  sync.WaitGroup              // servers replaced by a reload, still draining
+}
+
+// Option changes how New builds a Sidecar.
+type Option func(*Sidecar)
+
+// WithListeners hands the sidecar listeners that are already bound: a
+// listen address in the config that equals one's address uses it instead
+// of binding. A test binds 127.0.0.1:0 first and writes the address it
+// got into the config, so no port is released and taken again. Listeners
+// the config never names are closed at Start.
+func WithListeners(lns ...net.Listener) Option {
+	return func(s *Sidecar) {
+		for _, ln := range lns {
+			s.adopted[ln.Addr().String()] = ln
+		}
+	}
 }
 
 // New returns a Sidecar for cfg, which must have passed cfg.Validate.
 // Nothing is bound until Start.
-func New(cfg *config.Config, log *slog.Logger) *Sidecar {
+func New(cfg *config.Config, log *slog.Logger, opts ...Option) *Sidecar {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Sidecar{
 		log:       log,
-		cfg:       cfg,
+		adopted:   map[string]net.Listener{},
 		upstreams: map[string]*upstream{},
-		sockets:   map[string]*socket{},
+		sockets:   map[string]*listener.Socket{},
 		servers:   map[string]*server{},
 	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.cfg.Store(cfg)
 	s.life, s.stopLife = context.WithCancel(context.Background())
 	s.routes.Store(newRouteTable(nil, nil))
 	return s
@@ -77,43 +101,52 @@ func New(cfg *config.Config, log *slog.Logger) *Sidecar {
 func (s *Sidecar) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.started {
+	if s.started.Load() {
 		return errors.New("sidecar: already started")
 	}
-	b, err := startBackends(s.cfg, s.log)
+	cfg := s.cfg.Load()
+	b, err := startBackends(cfg, s.log)
 	if err != nil {
 		return err
 	}
 	s.backends = b
-	fail := func(err error) error {
-		sctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
-		defer cancel()
-		b.stop(sctx)
-		return err
-	}
-	sec, err := startSecurity(s.cfg, b, s.log)
+	tel, accessLog, err := s.startTelemetry(ctx, cfg)
 	if err != nil {
-		return fail(err)
-	}
-	s.security = sec
-	tel, accessLog, err := s.startTelemetry(ctx, s.cfg)
-	if err != nil {
-		sec.close()
-		return fail(err)
+		return s.abortStart(err)
 	}
 	s.tel, s.accessLog = tel, accessLog
-	if sec != nil {
-		sec.metrics = tel.Metrics()
+	sec, err := security.Start(cfg, b.consul, tel.Metrics(), s.log)
+	if err != nil {
+		return s.abortStart(err)
 	}
-	if err := s.apply(ctx, s.cfg); err != nil {
-		sec.close()
-		tel.Shutdown(ctx)
-		accessLog.Close()
-		return fail(err)
+	s.security = sec
+	if err := s.apply(ctx, cfg); err != nil {
+		return s.abortStart(err)
 	}
-	s.started = true
+	for addr, ln := range s.adopted {
+		ln.Close() // handed over, but the config does not listen there
+		delete(s.adopted, addr)
+	}
+	s.started.Store(true)
 	s.log.Info("sidecar started", "listeners", len(s.servers), "upstreams", len(s.upstreams))
 	return nil
+}
+
+// abortStart releases what Start set up before failing with err.
+func (s *Sidecar) abortStart(err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+	defer cancel()
+	s.security.Close()
+	if s.tel != nil {
+		s.tel.Shutdown(ctx)
+		s.accessLog.Close()
+	}
+	s.backends.stop(ctx)
+	for _, ln := range s.adopted {
+		ln.Close()
+	}
+	s.stopLife()
+	return err
 }
 
 // Run starts the sidecar, serves until ctx is done, then drains for the
@@ -131,89 +164,81 @@ func (s *Sidecar) Run(ctx context.Context) error {
 }
 
 // Config returns the config in force: the one given to New, or to the
-// last successful Reload.
-func (s *Sidecar) Config() *config.Config {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cfg
-}
+// last successful Reload. It never blocks.
+func (s *Sidecar) Config() *config.Config { return s.cfg.Load() }
 
 // Reload applies cfg, which must have passed cfg.Validate. Listeners whose
 // address and settings are unchanged keep serving untouched; changed ones
 // get a new server on the same socket while the old one drains; upstreams
 // keep their connections and endpoint state where their settings allow.
-// If a new listener cannot be bound, nothing changes and the error is
-// returned.
+// If cfg cannot be applied (a section that needs a restart changed, a new
+// listener cannot be bound), nothing changes and the error is returned.
 func (s *Sidecar) Reload(ctx context.Context, cfg *config.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.started || s.stopped {
+	if !s.started.Load() || s.stopped.Load() {
 		return errors.New("sidecar: reload of a sidecar that is not running")
 	}
 	if err := s.apply(ctx, cfg); err != nil {
 		return err
 	}
-	s.cfg = cfg
 	s.log.Info("config reloaded", "listeners", len(s.servers), "upstreams", len(s.upstreams))
 	return nil
 }
 
-// apply makes the running state match cfg. Called with s.mu held.
+// apply makes the running state match cfg, and publishes cfg. Every step
+// that can fail comes before the first that changes anything. Called with
+// s.mu held.
 func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
+	old := s.cfg.Load()
 	if err := s.backends.compatible(cfg); err != nil {
 		return err
 	}
-	if err := s.security.compatible(cfg); err != nil {
+	if err := s.security.Compatible(cfg); err != nil {
 		return err
 	}
-	if err := telemetryCompatible(s.cfg, cfg); err != nil {
+	if err := telemetryCompatible(old, cfg); err != nil {
 		return err
 	}
-	if s.security != nil {
-		if err := s.security.setPolicy(cfg); err != nil {
-			return err
-		}
+	pol, err := s.security.CheckPolicy(cfg)
+	if s.security != nil && err != nil {
+		return err
 	}
 	specs := listenerSpecs(cfg)
 
-	// 1. Bind new addresses first: the only step that can fail.
-	bound := map[string]*socket{}
+	// Bind new addresses: the last step that can fail.
+	bound := map[string]*listener.Socket{}
 	for addr := range specs {
 		if _, ok := s.sockets[addr]; ok {
 			continue
 		}
-		sock, err := listen(ctx, addr)
+		sock, err := s.bind(ctx, addr)
 		if err != nil {
 			for _, b := range bound {
-				b.close()
+				b.Close()
 			}
 			return fmt.Errorf("listen %s (%s): %w", addr, specs[addr].role, err)
 		}
 		bound[addr] = sock
 	}
 	maps.Copy(s.sockets, bound)
+	s.security.ApplyPolicy(pol)
 
-	// 2. Upstreams, reusing what is unchanged.
-	trusted := cfg.TrustedPrefixes()
-	sources := func(u config.Upstream) (discovery.Source, sourceKey) { return s.backends.source(cfg, u) }
+	// Upstreams, reusing what is unchanged.
 	next := make(map[string]*upstream, len(cfg.Upstreams))
 	for _, uc := range cfg.Upstreams {
-		var mtls *tls.Config
-		if uc.MTLS {
-			mtls = s.security.clientTLS(uc.Service)
-		}
-		next[uc.Service] = buildUpstream(s.life, uc, s.upstreams[uc.Service], sources, mtls, trusted, s.log, s.tel)
+		next[uc.Service] = s.buildUpstream(cfg, uc, s.upstreams[uc.Service], s.log)
 	}
 	var local *upstream
 	if cfg.Service != nil {
-		var old *upstream
+		var prev *upstream
 		if s.local != nil && s.local.cfg.Service == cfg.Service.Name {
-			old = s.local
+			prev = s.local
 		}
-		local = buildUpstream(s.life, localUpstream(cfg.Service), old, sources, nil, trusted, s.log.With("role", roleInbound), s.tel)
+		local = s.buildUpstream(cfg, localUpstream(cfg.Service), prev, s.log.With("role", roleInbound))
 	}
 	waitFirst(next, s.log)
-	s.routes.Store(newRouteTable(next, local))
+	s.routes.Store(s.newRouteTable(cfg, next, local))
 	for name, old := range s.upstreams {
 		old.retire(next[name])
 	}
@@ -221,34 +246,45 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		s.local.retire(local)
 	}
 	s.upstreams, s.local = next, local
-	if s.started && serviceChanged(s.cfg, cfg) {
+	if s.started.Load() && serviceChanged(old, cfg) {
 		s.backends.publish(cfg)
 	}
+	s.cfg.Store(cfg)
 
-	// 3. Servers: keep the unchanged, start the new, drain the replaced.
+	// Servers: keep the unchanged, start the new, drain the replaced.
 	for addr, spec := range specs {
-		old := s.servers[addr]
-		if old != nil && old.spec == spec {
+		prev := s.servers[addr]
+		if prev != nil && prev.spec == spec {
 			continue
 		}
 		srv := s.newServer(spec)
-		srv.serve(s.sockets[addr], s.log)
+		srv.Serve(s.sockets[addr])
 		s.servers[addr] = srv
-		if old != nil {
-			s.drainInBackground(old, cfg.DrainTimeout)
+		if prev != nil {
+			s.drainInBackground(prev, cfg.DrainTimeout)
 		}
 	}
-	for addr, old := range s.servers {
+	for addr, prev := range s.servers {
 		if _, ok := specs[addr]; ok {
 			continue
 		}
 		delete(s.servers, addr)
 		sock := s.sockets[addr]
 		delete(s.sockets, addr)
-		sock.close()
-		s.drainInBackground(old, cfg.DrainTimeout)
+		sock.Close()
+		s.drainInBackground(prev, cfg.DrainTimeout)
 	}
 	return nil
+}
+
+// bind returns a socket on addr: the listener handed to New for it, if
+// any, else a new one.
+func (s *Sidecar) bind(ctx context.Context, addr string) (*listener.Socket, error) {
+	if ln, ok := s.adopted[addr]; ok {
+		delete(s.adopted, addr)
+		return listener.Adopt(ln, s.log), nil
+	}
+	return listener.Listen(ctx, addr, s.log)
 }
 
 // serviceChanged reports whether what the backends publish about the
@@ -270,86 +306,40 @@ func (s *Sidecar) drainInBackground(srv *server, timeout time.Duration) {
 		defer s.draining.Done()
 		ctx, cancel := context.WithTimeout(s.life, timeout)
 		defer cancel()
-		srv.shutdown(ctx)
+		srv.Shutdown(ctx)
 	}()
-}
-
-// newServer builds the server for spec. Its handler finds upstreams
-// through the route table at request time, so routes change on reload
-// without touching the server.
-func (s *Sidecar) newServer(spec listenerSpec) *server {
-	log := s.log.With("listener", spec.role, "addr", spec.addr)
-	switch {
-	case spec.role == roleInbound && spec.tcp:
-		var admit func(context.Context, net.Conn) error
-		if s.security != nil {
-			admit = s.security.admit
-		}
-		return newTCPServer(spec, func() *proxy.TCPTarget {
-			if u := s.routes.Load().local; u != nil {
-				return u.tcp
-			}
-			return nil
-		}, s.security.serverTLS(), admit, log)
-	case spec.role == roleInbound:
-		var h http.Handler = &proxy.Handler{Router: localRouter{s}}
-		if s.security != nil {
-			h = s.security.authorize(h)
-		} else {
-			h = stripIdentity(h)
-		}
-		h = s.withTelemetry(h, roleInbound, s.inboundService)
-		return newHTTPServer(spec, h, s.security.serverTLS(), log)
-	case spec.role == roleAdmin:
-		return newHTTPServer(spec, admin.Handler(adminState{s}), nil, log)
-	case spec.role == roleOutbound:
-		h := s.withTelemetry(&proxy.Handler{Router: hostRouter{s}, Describe: func() string {
-			return s.routes.Load().known
-		}}, roleOutbound, s.outboundService)
-		return newHTTPServer(spec, h, nil, log)
-	case spec.tcp:
-		name := spec.role[len(roleUpstreamPrefix):]
-		return newTCPServer(spec, func() *proxy.TCPTarget {
-			if u := s.routes.Load().byName[name]; u != nil {
-				return u.tcp
-			}
-			return nil
-		}, nil, nil, log)
-	default:
-		name := spec.role[len(roleUpstreamPrefix):]
-		h := s.withTelemetry(&proxy.Handler{Router: namedRouter{s, name}}, roleOutbound, func(*http.Request) string { return name })
-		return newHTTPServer(spec, h, nil, log)
-	}
 }
 
 // Shutdown stops accepting on every listener, waits for in-flight
 // requests and connections until ctx is done, then closes what remains
 // and stops discovery. It is safe to call more than once.
 func (s *Sidecar) Shutdown(ctx context.Context) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped {
+	if s.stopped.Swap(true) {
 		return
 	}
-	s.stopped = true
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started.Load() {
+		for _, ln := range s.adopted {
+			ln.Close()
+		}
+		s.stopLife()
+		return
+	}
 	// Withdraw from discovery first, so peers stop choosing this sidecar
 	// while it drains; a peer that still does gets a refused connection,
 	// which it retries elsewhere.
 	s.backends.stop(ctx)
 	for _, sock := range s.sockets {
-		sock.ln.Close() // refuse new connections at once, on every address
+		sock.StopAccepting() // refuse new connections at once, on every address
 	}
 	var wg sync.WaitGroup
 	for _, srv := range s.servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			srv.shutdown(ctx)
-		}()
+		wg.Go(func() { srv.Shutdown(ctx) })
 	}
 	wg.Wait()
 	for _, sock := range s.sockets {
-		sock.close()
+		sock.Close()
 	}
 	s.stopLife() // ends watches and cuts short drains started by reloads
 	s.draining.Wait()
@@ -359,7 +349,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 	if s.local != nil {
 		s.local.retire(nil)
 	}
-	s.security.close()
+	s.security.Close()
 	// Spans of the requests just drained are still queued: flush them
 	// within what is left of the drain deadline.
 	if err := s.tel.Shutdown(ctx); err != nil {
@@ -369,70 +359,4 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 		s.accessLog.Close()
 	}
 	s.log.Info("sidecar stopped")
-}
-
-// Listener roles.
-const (
-	roleInbound        = "inbound"
-	roleOutbound       = "outbound"
-	roleAdmin          = "admin"
-	roleUpstreamPrefix = "upstream/"
-)
-
-// listenerSpecs returns what should listen where for cfg, by address.
-func listenerSpecs(cfg *config.Config) map[string]listenerSpec {
-	specs := map[string]listenerSpec{}
-	if cfg.Service != nil {
-		specs[cfg.Inbound.Listen] = listenerSpec{
-			addr: cfg.Inbound.Listen, role: roleInbound,
-			tcp: cfg.Service.Protocol == config.ProtocolTCP, mtls: cfg.TLS.Enabled(), opts: cfg.Inbound,
-		}
-	}
-	specs[cfg.Outbound.Listen] = listenerSpec{addr: cfg.Outbound.Listen, role: roleOutbound, opts: cfg.Outbound}
-	if cfg.Admin != nil {
-		specs[cfg.Admin.Listen] = listenerSpec{addr: cfg.Admin.Listen, role: roleAdmin, opts: cfg.Outbound}
-	}
-	for _, u := range cfg.Upstreams {
-		if u.Listen == "" {
-			continue
-		}
-		specs[u.Listen] = listenerSpec{
-			addr: u.Listen, role: roleUpstreamPrefix + u.Service,
-			tcp: u.Protocol == config.ProtocolTCP, opts: cfg.Outbound,
-		}
-	}
-	return specs
-}
-
-// hostRouter routes the outbound listener by Host header.
-type hostRouter struct{ s *Sidecar }
-
-func (r hostRouter) Route(req *http.Request) *proxy.Upstream {
-	if u := r.s.routes.Load().byName[proxy.ServiceFromHost(req.Host)]; u != nil {
-		return u.proxy
-	}
-	return nil
-}
-
-// namedRouter routes an upstream's dedicated listener.
-type namedRouter struct {
-	s    *Sidecar
-	name string
-}
-
-func (r namedRouter) Route(*http.Request) *proxy.Upstream {
-	if u := r.s.routes.Load().byName[r.name]; u != nil {
-		return u.proxy
-	}
-	return nil
-}
-
-// localRouter routes the inbound listener to the local app.
-type localRouter struct{ s *Sidecar }
-
-func (r localRouter) Route(*http.Request) *proxy.Upstream {
-	if u := r.s.routes.Load().local; u != nil {
-		return u.proxy
-	}
-	return nil
 }

@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+
 	"bufio"
 	"context"
 	"fmt"
@@ -44,7 +46,7 @@ func quietLogger() *slog.Logger {
 
 func start(t *testing.T, cfg *config.Config) *Sidecar {
 	t.Helper()
-	s := New(cfg, quietLogger())
+	s := New(cfg, quietLogger(), handedFor(cfg))
 	if err := s.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -56,14 +58,34 @@ func start(t *testing.T, cfg *config.Config) *Sidecar {
 	return s
 }
 
-func freeAddr(t testing.TB) string {
+// handed holds the listeners listenAddr bound, by address, until start
+// hands them to the sidecar whose config names them.
+var handed sync.Map
+
+// listenAddr binds a loopback listener for a sidecar to take over and
+// returns its address: start hands it to the sidecar whose config listens
+// there, so no port is released and taken again (which races with
+// parallel tests). An address only a later reload binds, or another
+// process, comes from meshtest.FreeAddr instead.
+func listenAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	ln := meshtest.Listen(t)
+	addr := ln.Addr().String()
+	handed.Store(addr, ln)
+	t.Cleanup(func() { handed.Delete(addr) })
+	return addr
+}
+
+// handedFor returns the option handing a sidecar for cfg the listeners
+// listenAddr bound for its addresses.
+func handedFor(cfg *config.Config) Option {
+	var lns []net.Listener
+	for addr := range listenerSpecs(cfg) {
+		if ln, ok := handed.LoadAndDelete(addr); ok {
+			lns = append(lns, ln.(net.Listener))
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return WithListeners(lns...)
 }
 
 // namedBackend answers every request with its name.
@@ -93,23 +115,6 @@ func get(c *http.Client, addr, host string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// waitUntil polls cond until it holds, failing the test with what (and
-// describe's account of the last state, when given) after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool, describe func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			last := ""
-			if describe != nil {
-				last = ": " + describe()
-			}
-			t.Fatalf("no %s within %v%s", what, timeout, last)
-		}
-		time.Sleep(10 * time.Millisecond) // poll interval
-	}
-}
-
 func newClient(t *testing.T) *http.Client {
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -122,7 +127,7 @@ func newClient(t *testing.T) *http.Client {
 // may fail.
 func TestReloadUnderLoad(t *testing.T) {
 	a, b := namedBackend(t, "a"), namedBackend(t, "b")
-	out := freeAddr(t)
+	out := listenAddr(t)
 	cfgFor := func(i int) *config.Config {
 		backend := []string{a, b}[i%2]
 		return parse(t, fmt.Sprintf(`
@@ -180,7 +185,7 @@ func TestReloadThatCannotBindChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	out := freeAddr(t)
+	out := listenAddr(t)
 	s := start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
@@ -206,7 +211,7 @@ upstreams:
 // TestReloadAddsAndRemovesUpstreams checks that routes follow the config.
 func TestReloadAddsAndRemovesUpstreams(t *testing.T) {
 	a, b := namedBackend(t, "a"), namedBackend(t, "b")
-	out, dedicated := freeAddr(t), freeAddr(t)
+	out, dedicated := listenAddr(t), meshtest.FreeAddr(t) // dedicated: bound by the reload
 	s := start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: one, endpoints: [{ address: %s }] }]
@@ -252,12 +257,12 @@ func TestTCPUpstreamAndInbound(t *testing.T) {
 		}
 	}()
 	echoPort := echo.Addr().(*net.TCPAddr).Port
-	inbound, clientOut, tcpListen, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	inbound, clientOut, tcpListen, adminAddr := listenAddr(t), listenAddr(t), listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: echo, port: %d, protocol: tcp }
 inbound: { listen: %s }
 outbound: { listen: %s }
-`, echoPort, inbound, freeAddr(t))))
+`, echoPort, inbound, listenAddr(t))))
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 admin: { listen: %s }
@@ -292,11 +297,12 @@ upstreams: [{ service: echo, protocol: tcp, listen: %s, endpoints: [{ address: %
 	const bytes = float64(5 * len("line 0\n"))
 	waitMetrics := func(name string, labels map[string]string, want float64) {
 		t.Helper()
-		var got float64
-		waitUntil(t, 5*time.Second, fmt.Sprintf("%s%v = %v", name, labels, want), func() bool {
-			got, _ = metricValue(scrape(t, adminAddr), name, labels)
-			return got == want
-		}, func() string { return fmt.Sprint("last value ", got) })
+		meshtest.Eventually(t, 5*time.Second, fmt.Sprintf("%s%v = %v", name, labels, want), func() error {
+			if got, _ := metricValue(scrape(t, adminAddr), name, labels); got != want {
+				return fmt.Errorf("last value %v", got)
+			}
+			return nil
+		})
 	}
 	waitMetrics("sidemesh_tcp_connections_total", map[string]string{"sidemesh_upstream": "echo", "sidemesh_endpoint": inbound}, 1)
 	waitMetrics("sidemesh_tcp_active_connections", up, 0)
@@ -319,11 +325,12 @@ func TestShutdownWaitsForInFlight(t *testing.T) {
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go backend.Serve(ln)
 	defer backend.Close()
-	out := freeAddr(t)
-	s := New(parse(t, fmt.Sprintf(`
+	out := listenAddr(t)
+	cfg := parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
-`, out, ln.Addr())), quietLogger())
+`, out, ln.Addr()))
+	s := New(cfg, quietLogger(), handedFor(cfg))
 	if err := s.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -4,21 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"reflect"
-	"runtime/debug"
 	"strings"
 	"time"
 
+	"github.com/sidemesh/sidemesh/sidecar/buildinfo"
 	"github.com/sidemesh/sidemesh/sidecar/config"
-	"github.com/sidemesh/sidemesh/sidecar/proxy"
 	"github.com/sidemesh/sidemesh/telemetry"
 )
-
-// unknownService is the service label of an outbound request whose Host
-// names no upstream: arbitrary Host values must not become metric series.
-const unknownService = "unknown"
 
 // startTelemetry starts what cfg.Telemetry asks for. Metrics are always
 // recorded (the admin listener serves them); spans and OTLP export only
@@ -28,7 +22,7 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 	tc := cfg.Telemetry
 	o := telemetry.Options{
 		Logger:   s.log,
-		Resource: telemetry.ResourceOptions{ServiceName: "sidemesh", Mode: "sidecar", Version: buildVersion()},
+		Resource: telemetry.ResourceOptions{ServiceName: "sidemesh", Mode: "sidecar", Version: buildinfo.Version()},
 		Observed: telemetry.Observed{
 			Endpoints:     s.observeEndpoints,
 			Discovery:     s.observeDiscovery,
@@ -106,24 +100,6 @@ func otlpOptions(c config.OTLP) telemetry.OTLPOptions {
 	}
 }
 
-// buildVersion is the module version sidemesh was built at, or the VCS
-// revision of a development build.
-func buildVersion() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	for _, st := range bi.Settings {
-		if st.Key == "vcs.revision" && len(st.Value) >= 12 {
-			return st.Value[:12]
-		}
-	}
-	return "devel"
-}
-
 // telemetryCompatible refuses a reload that changes the telemetry
 // section: exporters and the access log file are set up once, at start.
 func telemetryCompatible(old, next *config.Config) error {
@@ -131,31 +107,6 @@ func telemetryCompatible(old, next *config.Config) error {
 		return fmt.Errorf("the telemetry section changed; restart sidemesh to apply it")
 	}
 	return nil
-}
-
-// withTelemetry wraps a listener's handler in the server side of
-// telemetry.
-func (s *Sidecar) withTelemetry(h http.Handler, listener string, service func(*http.Request) string) http.Handler {
-	return s.tel.Handler(h, telemetry.ServerOptions{Listener: listener, Service: service})
-}
-
-// outboundService is the service label of a request on the outbound
-// listener: the upstream its Host names, if there is one.
-func (s *Sidecar) outboundService(r *http.Request) string {
-	name := proxy.ServiceFromHost(r.Host)
-	if _, ok := s.routes.Load().byName[name]; ok {
-		return name
-	}
-	return unknownService
-}
-
-// inboundService is the service label of a request on the inbound
-// listener: the local service.
-func (s *Sidecar) inboundService(*http.Request) string {
-	if u := s.routes.Load().local; u != nil {
-		return u.cfg.Service
-	}
-	return unknownService
 }
 
 // observeEndpoints reports every endpoint's state for the metrics.
@@ -177,7 +128,6 @@ func (s *Sidecar) observeEndpoints() []telemetry.EndpointState {
 // observeDiscovery reports every upstream's feed for the metrics.
 func (s *Sidecar) observeDiscovery() []telemetry.DiscoveryState {
 	t := s.routes.Load()
-	consulSources := s.backends.consulWatches()
 	var out []telemetry.DiscoveryState
 	for name, u := range t.byName {
 		d := telemetry.DiscoveryState{
@@ -185,7 +135,7 @@ func (s *Sidecar) observeDiscovery() []telemetry.DiscoveryState {
 			Backend:      strings.Join(u.w.key.Sources, "+"),
 			LastSnapshot: u.w.lastSnapshot(),
 		}
-		if src := consulSources[name]; src != nil {
+		if src := u.w.consul; src != nil {
 			d.Errors = src.Errors()
 		}
 		out = append(out, d)
@@ -203,10 +153,7 @@ func (s *Sidecar) observeMembers() int {
 
 // observeLeaf returns when the sidecar's certificate expires.
 func (s *Sidecar) observeLeaf() (time.Time, bool) {
-	if s.security == nil {
-		return time.Time{}, false
-	}
-	b := s.security.src.Current()
+	b := s.security.Current()
 	if b == nil {
 		return time.Time{}, false
 	}

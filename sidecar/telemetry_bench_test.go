@@ -92,7 +92,7 @@ func BenchmarkTracingCost(b *testing.B) {
 		{"ratio=1", fmt.Sprintf("telemetry: { tracing: { otlp_endpoint: %s, sample_ratio: 1 } }", collector)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			out := freeAddr(b)
+			out := listenAddr(b)
 			cfg, err := config.Parse("bench.yaml", []byte(fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
@@ -101,7 +101,7 @@ upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
 			if err != nil {
 				b.Fatal(err)
 			}
-			s := New(cfg, quietLogger())
+			s := New(cfg, quietLogger(), handedFor(cfg))
 			if err := s.Start(context.Background()); err != nil {
 				b.Fatal(err)
 			}

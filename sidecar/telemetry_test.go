@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+
 	"bufio"
 	"context"
 	"encoding/json"
@@ -66,7 +68,7 @@ func (a *traceApp) last() http.Header {
 // collector, and returns its inbound address.
 func startTracedInbound(t *testing.T, app *traceApp, collector string) (inB string) {
 	t.Helper()
-	inB = freeAddr(t)
+	inB = listenAddr(t)
 	appHost, appPort, _ := net.SplitHostPort(app.addr)
 	start(t, parse(t, fmt.Sprintf(`
 service: { name: catalog, address: %s, port: %s }
@@ -74,7 +76,7 @@ inbound: { listen: %s }
 outbound: { listen: %s }
 telemetry:
   tracing: { otlp_endpoint: %s, sample_ratio: 1 }
-`, appHost, appPort, inB, freeAddr(t), collector)))
+`, appHost, appPort, inB, listenAddr(t), collector)))
 	return inB
 }
 
@@ -84,7 +86,7 @@ telemetry:
 func chain(t *testing.T, app *traceApp, collector string) (outA, inB string) {
 	t.Helper()
 	inB = startTracedInbound(t, app, collector)
-	outA = freeAddr(t)
+	outA = listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams:
@@ -223,9 +225,9 @@ func TestTraceThroughTwoSidecars(t *testing.T) {
 func TestTraceStartsAndRetries(t *testing.T) {
 	rcv := otlptest.Start(t)
 	app := newTraceApp(t)
-	dead := freeAddr(t) // nothing listens: connections are refused
+	dead := meshtest.FreeAddr(t) // nothing listens: connections are refused
 	inB := startTracedInbound(t, app, rcv.GRPCAddr())
-	outC := freeAddr(t)
+	outC := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams:
@@ -355,7 +357,7 @@ func familyNames(families map[string]*dto.MetricFamily) string {
 func TestMetricsMatchTraffic(t *testing.T) {
 	good, bad := newControlledBackend(t, "good"), newControlledBackend(t, "bad")
 	bad.mode.Store(int32(mode500))
-	adminAddr, out := freeAddr(t), freeAddr(t)
+	adminAddr, out := listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 admin: { listen: %s }
 outbound: { listen: %s }
@@ -450,7 +452,7 @@ func merge(m map[string]string, k, v string) map[string]string {
 func TestAccessLog(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "access.log")
 	backend := namedBackend(t, "b")
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
@@ -472,10 +474,12 @@ telemetry: { access_log: %s }
 	}
 
 	var lines []map[string]any
-	waitUntil(t, 5*time.Second, "two access log lines", func() bool {
-		lines = readJSONLines(t, path)
-		return len(lines) >= 2
-	}, func() string { return fmt.Sprint(lines) })
+	meshtest.Eventually(t, 5*time.Second, "two access log lines", func() error {
+		if lines = readJSONLines(t, path); len(lines) < 2 {
+			return fmt.Errorf("%v", lines)
+		}
+		return nil
+	})
 	if len(lines) != 2 {
 		t.Fatalf("access log has %d lines, want 2: %v", len(lines), lines)
 	}
@@ -527,13 +531,14 @@ func readJSONLines(t *testing.T, path string) []map[string]any {
 func TestDeadCollector(t *testing.T) {
 	backend := namedBackend(t, "b")
 	dead := otlptest.Blackhole(t)
-	outDead, outOff := freeAddr(t), freeAddr(t)
-	traced := New(parse(t, fmt.Sprintf(`
+	outDead, outOff := listenAddr(t), listenAddr(t)
+	tracedCfg := parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: svc, mtls: false, endpoints: [{ address: %s }] }]
 telemetry:
   tracing: { otlp_endpoint: %s, sample_ratio: 1, queue_size: 256, timeout: 2s }
-`, outDead, backend, dead)), quietLogger())
+`, outDead, backend, dead))
+	traced := New(tracedCfg, quietLogger(), handedFor(tracedCfg))
 	if err := traced.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -604,12 +609,13 @@ func TestShutdownFlushesSpans(t *testing.T) {
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
 	rcv := otlptest.Start(t)
 	backend := namedBackend(t, "b")
-	out := freeAddr(t)
-	s := New(parse(t, fmt.Sprintf(`
+	out := listenAddr(t)
+	cfg := parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
 telemetry: { tracing: { otlp_endpoint: %s } }
-`, out, backend, rcv.GRPCAddr())), quietLogger())
+`, out, backend, rcv.GRPCAddr()))
+	s := New(cfg, quietLogger(), handedFor(cfg))
 	if err := s.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -633,13 +639,13 @@ telemetry: { tracing: { otlp_endpoint: %s } }
 // TestConfigRedactsOTLPHeaders: /config shows the exporter's headers
 // without their values, which are API keys.
 func TestConfigRedactsOTLPHeaders(t *testing.T) {
-	adminAddr := freeAddr(t)
+	adminAddr := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 admin: { listen: %s }
 outbound: { listen: %s }
 telemetry:
   tracing: { otlp_endpoint: %s, headers: { x-api-key: s3cret } }
-`, adminAddr, freeAddr(t), otlptest.ClosedAddr(t))))
+`, adminAddr, listenAddr(t), otlptest.ClosedAddr(t))))
 	var cfg map[string]any
 	adminGet(t, adminAddr, "/config", &cfg)
 	tel, _ := cfg["telemetry"].(map[string]any)
@@ -658,7 +664,7 @@ telemetry:
 func TestMetricsOverOTLP(t *testing.T) {
 	rcv := otlptest.Start(t)
 	backend := namedBackend(t, "b")
-	out := freeAddr(t)
+	out := listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: svc, endpoints: [{ address: %s }] }]
@@ -686,7 +692,7 @@ telemetry:
 // reload that changes the telemetry section is refused and the old
 // config stays in force.
 func TestReloadRefusesTelemetryChange(t *testing.T) {
-	out := freeAddr(t)
+	out := listenAddr(t)
 	yaml := `
 outbound: { listen: %s }
 telemetry: { access_log: %s }
@@ -706,7 +712,7 @@ telemetry: { access_log: %s }
 func TestMetricsExemplars(t *testing.T) {
 	rcv := otlptest.Start(t)
 	backend := namedBackend(t, "b")
-	out, adminAddr := freeAddr(t), freeAddr(t)
+	out, adminAddr := listenAddr(t), listenAddr(t)
 	start(t, parse(t, fmt.Sprintf(`
 outbound: { listen: %s }
 admin: { listen: %s }

@@ -4,17 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/netip"
 	"reflect"
-	"sort"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/discovery/consul"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/breaker"
 	"github.com/sidemesh/sidemesh/sidecar/config"
@@ -253,30 +250,32 @@ func startHealth(ctx context.Context, cfg config.Upstream, bal *balancer.Balance
 	return h
 }
 
-// buildUpstream makes the state for cfg, reusing from old (which may be
-// nil) the balancer, watch and transports whose settings did not change.
-//
-// mtls, when set, is the TLS config toward cfg's endpoints (mutual TLS
-// checking their identity); it reads the current certificates at every
-// handshake, so it is built once per upstream.
-//
-// tel records the upstream's tries and balancer events; nil records none.
-func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sources sourceFunc, mtls *tls.Config, trusted []netip.Prefix, log *slog.Logger, tel *telemetry.Telemetry) *upstream {
-	u := &upstream{cfg: cfg}
+// buildUpstream makes the state for uc, an upstream of cfg, reusing from
+// old (which may be nil) the balancer, watch and transports whose settings
+// did not change. With mutual TLS and uc.MTLS, the transport speaks mutual
+// TLS checking the endpoints' identity; its config reads the current
+// certificates at every handshake, so it is built once per upstream.
+func (s *Sidecar) buildUpstream(cfg *config.Config, uc config.Upstream, old *upstream, log *slog.Logger) *upstream {
+	ctx, tel := s.life, s.tel
+	var mtls *tls.Config
+	if uc.MTLS {
+		mtls = s.security.ClientTLS(uc.Service)
+	}
+	u := &upstream{cfg: uc}
 	proxyLog := log // the proxy names the upstream in its own log lines
-	log = log.With("upstream", cfg.Service)
+	log = log.With("upstream", uc.Service)
 
-	if old != nil && reflect.DeepEqual(keyOf(old.cfg), keyOf(cfg)) {
+	if old != nil && reflect.DeepEqual(keyOf(old.cfg), keyOf(uc)) {
 		u.bal = old.bal
 	} else {
-		u.bal = newBalancer(cfg, log, tel.Metrics())
+		u.bal = newBalancer(uc, log, tel.Metrics())
 	}
-	if old != nil && old.bal == u.bal && reflect.DeepEqual(old.health.settingsOrZero(), cfg.HealthCheck) {
+	if old != nil && old.bal == u.bal && reflect.DeepEqual(old.health.settingsOrZero(), uc.HealthCheck) {
 		u.health = old.health
 	} else {
-		u.health = startHealth(ctx, cfg, u.bal, mtls, log)
+		u.health = startHealth(ctx, uc, u.bal, mtls, log)
 	}
-	src, key := sources(cfg)
+	key := s.backends.sourceKey(cfg, uc)
 	switch {
 	case old != nil && u.bal == old.bal && reflect.DeepEqual(old.w.key, key):
 		u.w = old.w
@@ -284,26 +283,26 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 		// Same balancer, new source: stop the old feed first so a late
 		// snapshot from it cannot overwrite the new one.
 		old.w.cancel()
-		u.w = startWatch(ctx, u.bal, src, key, cfg.Service, log)
+		u.w = s.backends.startWatch(ctx, cfg, uc, key, u.bal, log)
 	default:
-		u.w = startWatch(ctx, u.bal, src, key, cfg.Service, log)
+		u.w = s.backends.startWatch(ctx, cfg, uc, key, u.bal, log)
 	}
 
 	u.tkey = transportKey{
-		http2:          config.HTTP2(cfg.Protocol),
-		connectTimeout: cfg.ConnectTimeout,
-		idleTimeout:    cfg.IdleTimeout,
-		maxIdle:        cfg.MaxIdlePerEndpoint,
+		http2:          config.HTTP2(uc.Protocol),
+		connectTimeout: uc.ConnectTimeout,
+		idleTimeout:    uc.IdleTimeout,
+		maxIdle:        uc.MaxIdlePerEndpoint,
 		mtls:           mtls != nil,
 	}
 	if old != nil && old.tkey == u.tkey && old.transport != nil {
 		u.transport, u.upgrade = old.transport, old.upgrade
-	} else if cfg.Protocol != config.ProtocolTCP {
+	} else if uc.Protocol != config.ProtocolTCP {
 		opts := proxy.TransportOptions{
 			HTTP2:              u.tkey.http2,
-			ConnectTimeout:     cfg.ConnectTimeout,
-			IdleTimeout:        cfg.IdleTimeout,
-			MaxIdlePerEndpoint: cfg.MaxIdlePerEndpoint,
+			ConnectTimeout:     uc.ConnectTimeout,
+			IdleTimeout:        uc.IdleTimeout,
+			MaxIdlePerEndpoint: uc.MaxIdlePerEndpoint,
 			TLS:                mtls,
 		}
 		u.transport = proxy.NewTransport(opts)
@@ -314,26 +313,25 @@ func buildUpstream(ctx context.Context, cfg config.Upstream, old *upstream, sour
 		}
 	}
 
-	if cfg.Protocol == config.ProtocolTCP {
+	if uc.Protocol == config.ProtocolTCP {
 		u.tcp = &proxy.TCPTarget{
-			Name:           cfg.Service,
+			Name:           uc.Service,
 			Picker:         u.bal,
-			ConnectTimeout: cfg.ConnectTimeout,
-			IdleTimeout:    cfg.IdleTimeout,
+			ConnectTimeout: uc.ConnectTimeout,
+			IdleTimeout:    uc.IdleTimeout,
 			TLS:            mtls,
-			Telemetry:      tel.Client(cfg.Service, cfg.Balancer),
+			Telemetry:      tel.Client(uc.Service, uc.Balancer),
 		}
 	} else {
 		u.proxy = proxy.NewUpstream(proxy.UpstreamOptions{
-			Name:             cfg.Service,
+			Name:             uc.Service,
 			Picker:           u.bal,
 			Transport:        u.transport,
 			UpgradeTransport: u.upgrade,
-			Timeout:          cfg.Timeout,
-			Retry:            retryPolicy(cfg.Retries),
-			TrustedProxies:   trusted,
+			Timeout:          uc.Timeout,
+			Retry:            retryPolicy(uc.Retries),
 			Logger:           proxyLog,
-			Telemetry:        tel.Client(cfg.Service, cfg.Balancer),
+			Telemetry:        tel.Client(uc.Service, uc.Balancer),
 		})
 	}
 	return u
@@ -345,6 +343,9 @@ type watch struct {
 	// key describes the source, to tell on reload whether the watch must
 	// restart.
 	key sourceKey
+	// consul is the feed's Consul source, for its health in the admin API
+	// and metrics; nil when the feed does not use Consul.
+	consul *consul.Source
 	// first is closed when the first snapshot has reached the balancer.
 	first chan struct{}
 	// last is when the latest snapshot reached it, in Unix nanoseconds.
@@ -367,18 +368,13 @@ type sourceKey struct {
 	Consul    config.UpstreamConsul
 }
 
-// sourceFunc returns the discovery source of an upstream and its key.
-type sourceFunc func(config.Upstream) (discovery.Source, sourceKey)
-
-// startWatch feeds bal from src. It does not wait for the first
-// snapshot; see waitFirst.
-func startWatch(ctx context.Context, bal *balancer.Balancer, src discovery.Source, key sourceKey, service string, log *slog.Logger) *watch {
-	wctx, cancel := context.WithCancel(ctx)
-	w := &watch{cancel: cancel, key: key, first: make(chan struct{})}
-	ch, err := src.Watch(wctx, service)
+// feed feeds bal from src, marking w as it goes. It does not wait for the
+// first snapshot; see waitFirst.
+func (w *watch) feed(ctx context.Context, bal *balancer.Balancer, src discovery.Source, service string, log *slog.Logger) {
+	ch, err := src.Watch(ctx, service)
 	if err != nil {
 		log.Error("discovery watch failed; no endpoints", "err", err)
-		return w
+		return
 	}
 	go func() {
 		got := false
@@ -391,7 +387,6 @@ func startWatch(ctx context.Context, bal *balancer.Balancer, src discovery.Sourc
 			}
 		}
 	}()
-	return w
 }
 
 // waitFirst waits until every upstream's watch has delivered its first
@@ -447,41 +442,4 @@ func (u *upstream) retire(next *upstream) {
 			u.upgrade.CloseIdleConnections()
 		}
 	}
-}
-
-// routeTable is what the listeners route by; it is replaced whole on
-// reload and read without locks.
-type routeTable struct {
-	byName map[string]*upstream
-	local  *upstream
-	// known lists upstream names for the 502 message.
-	known string
-}
-
-func newRouteTable(ups map[string]*upstream, local *upstream) *routeTable {
-	names := make([]string, 0, len(ups))
-	for n := range ups {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	known := "known upstreams: none"
-	if len(names) > 0 {
-		known = "known upstreams: " + strings.Join(names, ", ")
-	}
-	return &routeTable{byName: ups, local: local, known: known}
-}
-func joinHostPort(host string, port int) string {
-	return net.JoinHostPort(host, strconv.Itoa(port))
-}
-
-func splitHostPort(addr string) (string, int, error) {
-	host, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", 0, err
-	}
-	port, err := strconv.Atoi(p)
-	if err != nil {
-		return "", 0, err
-	}
-	return host, port, nil
 }

@@ -24,18 +24,7 @@ func newAccessLogger(w io.Writer) *slog.Logger {
 	}))
 }
 
-// accessEntry is what one access log line says.
-type accessEntry struct {
-	listener, service string
-	r                 *http.Request
-	status            int
-	bytesIn, bytesOut int64
-	duration          time.Duration
-	ex                *Exchange
-	span              trace.SpanContext
-}
-
-// logAccess writes e's line:
+// logAccess writes rec's line, d its duration and span its trace:
 //
 //	{"time":"...","msg":"access","listener":"outbound","service":"catalog",
 //	 "method":"GET","host":"catalog","path":"/items","proto":"HTTP/1.1",
@@ -43,42 +32,41 @@ type accessEntry struct {
 //	 "client":"127.0.0.1","upstream":"catalog","endpoint":"10.0.0.7:21000",
 //	 "tries":1,"retries":0,"request_id":"...","trace_id":"...","span_id":"..."}
 //
-// error (the proxy's failure kind), peer (the caller's SPIFFE ID),
-// policy_rule, user_agent and the trace ids appear when known.
-func (t *Telemetry) logAccess(ctx context.Context, e accessEntry) {
-	r, ex := e.r, e.ex
+// error (the failure kind), peer (the caller's SPIFFE ID), policy_rule,
+// user_agent and the trace ids appear when known.
+func (t *Telemetry) logAccess(ctx context.Context, r *http.Request, rec *ServerRecord, d time.Duration, span trace.SpanContext) {
 	attrs := make([]slog.Attr, 0, 24)
 	attrs = append(attrs,
-		slog.String("listener", e.listener),
-		slog.String("service", e.service),
+		slog.String("listener", rec.Listener),
+		slog.String("service", rec.Service),
 		slog.String("method", r.Method),
 		slog.String("host", r.Host),
 		slog.String("path", r.URL.Path),
 		slog.String("proto", r.Proto),
-		slog.Int("status", e.status),
-		slog.Float64("duration_ms", float64(e.duration.Microseconds())/1000),
-		slog.Int64("bytes_in", e.bytesIn),
-		slog.Int64("bytes_out", e.bytesOut),
+		slog.Int("status", rec.Status),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.Int64("bytes_in", rec.BytesIn),
+		slog.Int64("bytes_out", rec.BytesOut),
 		slog.String("client", remoteHost(r.RemoteAddr)),
 	)
-	if ex.Upstream != "" {
+	if rec.Upstream != "" {
 		attrs = append(attrs,
-			slog.String("upstream", ex.Upstream),
-			slog.String("endpoint", ex.Endpoint),
-			slog.Int("tries", ex.Tries),
-			slog.Int("retries", max(ex.Tries-1, 0)),
+			slog.String("upstream", rec.Upstream),
+			slog.String("endpoint", rec.Endpoint),
+			slog.Int("tries", rec.Tries),
+			slog.Int("retries", max(rec.Tries-1, 0)),
 		)
 	}
-	if ex.ErrorKind != "" {
-		attrs = append(attrs, slog.String("error", ex.ErrorKind))
+	if rec.ErrorKind != "" {
+		attrs = append(attrs, slog.String("error", rec.ErrorKind))
 	}
-	if ex.Peer != "" {
-		attrs = append(attrs, slog.String("peer", ex.Peer))
+	if rec.Peer != "" {
+		attrs = append(attrs, slog.String("peer", rec.Peer))
 	}
-	if ex.PolicyRule != "" {
-		attrs = append(attrs, slog.String("policy_rule", ex.PolicyRule))
+	if rec.PolicyRule != "" {
+		attrs = append(attrs, slog.String("policy_rule", rec.PolicyRule))
 	}
-	if id := ex.RequestID; id != "" {
+	if id := rec.RequestID; id != "" {
 		attrs = append(attrs, slog.String("request_id", id))
 	} else if id := r.Header.Get("X-Request-Id"); id != "" {
 		attrs = append(attrs, slog.String("request_id", id))
@@ -86,11 +74,11 @@ func (t *Telemetry) logAccess(ctx context.Context, e accessEntry) {
 	if ua := r.UserAgent(); ua != "" {
 		attrs = append(attrs, slog.String("user_agent", ua))
 	}
-	if e.span.IsValid() {
+	if span.IsValid() {
 		attrs = append(attrs,
-			slog.String("trace_id", e.span.TraceID().String()),
-			slog.String("span_id", e.span.SpanID().String()),
-			slog.Bool("sampled", e.span.IsSampled()),
+			slog.String("trace_id", span.TraceID().String()),
+			slog.String("span_id", span.SpanID().String()),
+			slog.Bool("sampled", span.IsSampled()),
 		)
 	}
 	t.access.LogAttrs(ctx, slog.LevelInfo, "access", attrs...)

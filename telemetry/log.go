@@ -1,6 +1,9 @@
 // Package telemetry holds what sidemesh tells operators about itself: the
-// process log today; OpenTelemetry traces and metrics and the access log
-// as they land.
+// process log; OpenTelemetry traces (W3C propagation, OTLP export) and
+// metrics (the Prometheus exposition, OTLP push); the server side of each
+// request (BeginServer, EndServer), each outbound try (Client) and the
+// access log. It knows nothing of the request pipeline: the sidecar hands
+// it plain values.
 package telemetry
 
 import (

@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	// Mozilla's root certificates, used only where the host has none (the
@@ -28,6 +27,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/discovery/gossip"
 	"github.com/sidemesh/sidemesh/sidecar"
+	"github.com/sidemesh/sidemesh/sidecar/buildinfo"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/telemetry"
 )
@@ -38,9 +38,6 @@ const (
 	exitFailure = 1
 	exitUsage   = 2
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -82,7 +79,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, key)
 		return exitOK
 	case "version":
-		fmt.Fprintln(stdout, "sidemesh", buildVersion())
+		fmt.Fprintln(stdout, "sidemesh", buildinfo.Version())
 		return exitOK
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -148,7 +145,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
-	log.Info("sidemesh running", "config", path, "version", buildVersion(), "pid", os.Getpid())
+	log.Info("sidemesh running", "config", path, "version", buildinfo.Version(), "pid", os.Getpid())
 	for {
 		select {
 		case <-hup:
@@ -184,14 +181,4 @@ func reload(ctx context.Context, sc *sidecar.Sidecar, path string, log *slog.Log
 	if err := sc.Reload(ctx, cfg); err != nil {
 		log.Error("reload failed; keeping the running config", "err", err)
 	}
-}
-
-func buildVersion() string {
-	if version != "dev" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return version
 }

@@ -74,8 +74,7 @@ type RegistrarOptions struct {
 	Logger *slog.Logger
 }
 
-// Registrar is a discovery.Registrar that publishes the local service and
-// its sidecar to the local Consul agent, the way Consul's own mesh does:
+// Registrar publishes the local service and its sidecar to the local Consul agent, the way Consul's own mesh does:
 //
 //   - the service: ID Instance.ID, name Instance.Service, the app's address
 //     and port, with an HTTP or TCP check against the app;
@@ -412,5 +411,3 @@ func isNotFound(err error) bool {
 func isUnknownTTL(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "does not have associated TTL")
 }
-
-var _ discovery.Registrar = (*Registrar)(nil)

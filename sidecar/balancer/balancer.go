@@ -70,6 +70,11 @@ type Pick struct {
 	// Done must be called exactly once when the exchange with Endpoint has
 	// ended. It is never nil, and safe to call from any goroutine.
 	Done func(Result)
+	// Header, when not nil, holds headers for the response to the client,
+	// as grpc-go's PickResult.Metadata does: what a picker needs the client
+	// to send back on its next request (a session cookie). The proxy adds
+	// them to the endpoint's response. The built-in policies leave it nil.
+	Header http.Header
 }
 
 // MaxTried is how many endpoints a Request remembers as already tried.
@@ -84,6 +89,13 @@ type Request struct {
 	// is not set, HTTP's first X-Forwarded-For address is used (the proxy
 	// has already made that header trustworthy), else its RemoteAddr.
 	Client netip.Addr
+	// Affinity, when set, is the ID of the endpoint the request should
+	// go to (a sticky session's pin). Balancer.Pick honours it when that
+	// endpoint is in the current set, admitted now (healthy, not ejected,
+	// its breaker letting requests through) and not already tried by this
+	// request; otherwise the policy picks as if it were not set. A caller
+	// tells which happened by comparing the picked endpoint's ID.
+	Affinity string
 
 	tried  [MaxTried]*Endpoint
 	ntried int
@@ -306,8 +318,12 @@ type Balancer struct {
 	endpoints map[string]*Endpoint
 }
 
-// pickerBox lets an interface value live behind an atomic.Pointer.
-type pickerBox struct{ Picker }
+// pickerBox is what a Balancer publishes: the policy's picker, and the
+// same endpoints by ID for affinity hints.
+type pickerBox struct {
+	Picker
+	byID map[string]*Endpoint
+}
 
 // New returns a Balancer for service with no endpoints: Pick fails with
 // ErrNoEndpoints until the first Update.
@@ -322,7 +338,7 @@ func New(service string, policy Policy, opts Options) *Balancer {
 			b.emit(Event{Service: service, Endpoint: id, Kind: kind, Until: until})
 		})
 	}
-	b.picker.Store(&pickerBox{errPicker{ErrNoEndpoints}})
+	b.picker.Store(&pickerBox{Picker: errPicker{ErrNoEndpoints}})
 	return b
 }
 
@@ -394,10 +410,10 @@ func (b *Balancer) Update(s discovery.Snapshot) {
 		b.outlier.SetSize(len(list))
 	}
 	if len(list) == 0 {
-		b.picker.Store(&pickerBox{errPicker{ErrNoEndpoints}})
+		b.picker.Store(&pickerBox{Picker: errPicker{ErrNoEndpoints}})
 		return
 	}
-	b.picker.Store(&pickerBox{b.policy.Build(list)})
+	b.picker.Store(&pickerBox{Picker: b.policy.Build(list), byID: next})
 }
 
 // sameEndpoint reports whether the Endpoint value for a can be reused for b.
@@ -425,10 +441,19 @@ func (b *Balancer) SetHealthy(id string, healthy bool) {
 	b.emit(Event{Service: b.service, Endpoint: id, Kind: kind})
 }
 
-// Pick chooses an endpoint for r with the current picker and counts the
-// request as in flight until Pick.Done is called. It never blocks.
+// Pick chooses an endpoint for r — the one r.Affinity names when it can
+// take the request, else the one the policy's current picker chooses —
+// and counts the request as in flight until Pick.Done is called. It never
+// blocks and never allocates.
 func (b *Balancer) Pick(r Request) (Pick, error) {
-	p, err := b.picker.Load().Pick(r)
+	box := b.picker.Load()
+	if r.Affinity != "" {
+		if ep := box.byID[r.Affinity]; ep != nil && !r.Tried(ep) && ep.admit(now()) {
+			ep.state.inflight.Add(1)
+			return ep.pick(), nil
+		}
+	}
+	p, err := box.Pick(r)
 	if err != nil {
 		return Pick{}, err
 	}

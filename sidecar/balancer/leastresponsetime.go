@@ -55,9 +55,10 @@ const (
 // new endpoint's weight also ramps up linearly from 10% to 100% over
 // SlowStart after it was first seen.
 //
-// Transport errors are not response times: an endpoint that fails fast is
-// kept away by the circuit breaker and outlier ejection, not by this
-// policy.
+// A failure (a transport error or a 5xx) counts as a response time of at
+// least one second (failurePenalty), so an endpoint that fails fast does
+// not look fast and draw ever more traffic; the circuit breaker and
+// outlier ejection keep it away altogether.
 type LeastResponseTime struct {
 	// Decay is the time constant of the latency estimate: what was
 	// observed Decay ago counts for 1/e of what is observed now. Zero (or

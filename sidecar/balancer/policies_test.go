@@ -261,7 +261,9 @@ func TestEveryPolicyPickIsAllocationFree(t *testing.T) {
 				r := keyedRequest(1)
 				retry := keyedRequest(2)
 				retry.MarkTried(mustPick(t, b, retry).Endpoint)
-				for name, r := range map[string]Request{"first try": r, "retry": retry} {
+				sticky := keyedRequest(3)
+				sticky.Affinity = "e2"
+				for name, r := range map[string]Request{"first try": r, "retry": retry, "affinity": sticky} {
 					allocs := testing.AllocsPerRun(1000, func() {
 						p, err := b.Pick(r)
 						if err != nil {

@@ -2,65 +2,68 @@ package proxy
 
 import (
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"strings"
+
+	"github.com/sidemesh/sidemesh/sidecar/pipeline"
 )
 
-// setForwarded sets X-Forwarded-For, -Host and -Proto on the outbound
-// request. httputil.ReverseProxy has already removed every client-sent
-// Forwarded and X-Forwarded-* header from pr.Out; a peer inside trusted
-// gets its values carried over (its X-Forwarded-For extended with its own
-// address), anyone else's are dropped, so a client cannot forge the chain.
-func setForwarded(pr *httputil.ProxyRequest, trusted []netip.Prefix) {
-	peer, _ := netip.ParseAddrPort(pr.In.RemoteAddr)
+// Forwarded is the filter that sets X-Forwarded-For, -Host and -Proto on
+// every request. Values a client sent are dropped (a client must not
+// forge the chain), unless the client's address is in Trusted: then they
+// are kept, its X-Forwarded-For extended with the client's address, and a
+// Forwarded header carried on. The proxy sends these headers as the
+// filter leaves them. It runs after Hygiene, so a header the caller named
+// in Connection is already gone. Safe for concurrent use.
+type Forwarded struct {
+	// Trusted are the peers whose X-Forwarded-* headers are kept.
+	Trusted []netip.Prefix
+}
+
+// Serve implements pipeline.Filter.
+func (f *Forwarded) Serve(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
+	peer, _ := netip.ParseAddrPort(r.RemoteAddr)
 	clientIP := peer.Addr().Unmap()
 	proto := "http"
-	if pr.In.TLS != nil {
+	if r.TLS != nil {
 		proto = "https"
 	}
-	host := pr.In.Host
+	host := r.Host
 	var ip string
 	if clientIP.IsValid() {
 		ip = clientIP.String()
 	}
-	if clientIP.IsValid() && isTrusted(clientIP, trusted) {
-		// pr.In still has the headers its Connection header names; they
-		// are hop-by-hop, meant for this proxy only, so never carried on.
-		in := pr.In.Header
-		if prior := in.Values("X-Forwarded-For"); len(prior) > 0 && !inConnection(in, "X-Forwarded-For") {
+	h := r.Header
+	if clientIP.IsValid() && isTrusted(clientIP, f.Trusted) {
+		if prior := h.Values("X-Forwarded-For"); len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
-		if v := in.Get("X-Forwarded-Host"); v != "" && !inConnection(in, "X-Forwarded-Host") {
+		if v := h.Get("X-Forwarded-Host"); v != "" {
 			host = v
 		}
-		if v := in.Get("X-Forwarded-Proto"); v != "" && !inConnection(in, "X-Forwarded-Proto") {
+		if v := h.Get("X-Forwarded-Proto"); v != "" {
 			proto = v
 		}
-		if v := in.Values("Forwarded"); len(v) > 0 && !inConnection(in, "Forwarded") {
-			pr.Out.Header["Forwarded"] = v
-		}
+	} else {
+		delete(h, "Forwarded")
 	}
-	h := pr.Out.Header
+	// One allocation for the three values.
+	vs := [...]string{ip, host, proto}
+	v := vs[:]
 	if ip != "" {
-		h["X-Forwarded-For"] = []string{ip}
+		h["X-Forwarded-For"] = v[0:1:1]
+	} else {
+		delete(h, "X-Forwarded-For")
 	}
-	h["X-Forwarded-Host"] = []string{host}
-	h["X-Forwarded-Proto"] = []string{proto}
+	h["X-Forwarded-Host"] = v[1:2:2]
+	h["X-Forwarded-Proto"] = v[2:3:3]
+	return next.ServeHTTP(w, r)
 }
 
-// inConnection reports whether h's Connection header names the field name,
-// which makes that field hop-by-hop (RFC 9110, section 7.6.1).
-func inConnection(h http.Header, name string) bool {
-	for _, v := range h["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(tok), name) {
-				return true
-			}
-		}
-	}
-	return false
-}
+// forwardedHeaders are the headers httputil.ReverseProxy removes from an
+// outbound request before Rewrite, and which the proxy puts back as the
+// Forwarded filter left them on the inbound one.
+var forwardedHeaders = [...]string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"}
 
 func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
 	for _, p := range trusted {
@@ -71,16 +74,4 @@ func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
 	return false
 }
 
-// isUpgrade reports whether r asks to switch protocols (WebSocket).
-func isUpgrade(h http.Header) bool {
-	return h.Get("Upgrade") != ""
-}
-
-// upgradeType returns the protocol a request or 101 response switches to,
-// "" when its Connection header does not say "Upgrade".
-func upgradeType(h http.Header) string {
-	if !inConnection(h, "Upgrade") {
-		return ""
-	}
-	return h.Get("Upgrade")
-}
+var _ pipeline.Filter = (*Forwarded)(nil)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -217,5 +218,24 @@ func TestGRPCBidiStreaming(t *testing.T) {
 			}
 			waitIdle(t, bal)
 		})
+	}
+}
+
+// TestGRPCProxyErrorIsAGRPCStatus: when the proxy answers itself (the
+// endpoint refuses connections), a gRPC caller gets a gRPC status its
+// library reads — UNAVAILABLE, which gRPC clients may retry — with
+// sidemesh's reason, not an HTTP 503 the library reports as a protocol
+// error.
+func TestGRPCProxyErrorIsAGRPCStatus(t *testing.T) {
+	addr, _ := startOutbound(t, "catalog", upstreamOpts{HTTP2: true}, deadAddr(t))
+	client := grpcClient(t, addr, "catalog.mesh:9000")
+	var trailer metadata.MD // a trailers-only response: its headers are the trailer
+	_, err := client.UnaryCall(testCtx(t, testTimeout), &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable || !strings.HasPrefix(st.Message(), "sidemesh: upstream \"catalog\"") {
+		t.Fatalf("got %v (status %v): want UNAVAILABLE from sidemesh", err, st)
+	}
+	if v := firstOf(trailer["x-sidemesh-error"]); v != "connect_failure" {
+		t.Errorf("x-sidemesh-error = %q, want connect_failure", v)
 	}
 }

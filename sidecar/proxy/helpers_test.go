@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -27,7 +26,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/listener"
+	"github.com/sidemesh/sidemesh/sidecar/pipeline"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
 )
 
@@ -49,23 +51,11 @@ func testCtx(t testing.TB, d time.Duration) context.Context {
 }
 
 // listen opens a TCP listener on a free loopback port.
-func listen(t testing.TB) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
+var listen = meshtest.Listen
 
-// deadAddr returns a loopback address nothing listens on.
-func deadAddr(t testing.TB) string {
-	t.Helper()
-	ln := listen(t)
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+// deadAddr returns a loopback address nothing listens on: connections to
+// it are refused.
+var deadAddr = meshtest.FreeAddr
 
 // ---- backends ----
 
@@ -117,6 +107,10 @@ type upstreamOpts struct {
 	Logger  *slog.Logger
 	// Wrap, when set, wraps the balancer as the upstream's picker.
 	Wrap func(balancer.Picker) balancer.Picker
+	// TryFilters wrap the upstream's transport.
+	TryFilters []proxy.TryFilter
+	// Retry is the upstream's retry policy; none by default.
+	Retry proxy.RetryPolicy
 }
 
 // trustLoopback is TrustedProxies containing every client of these tests.
@@ -163,7 +157,8 @@ func newUpstream(t testing.TB, service string, o upstreamOpts, backends ...strin
 		Transport:        rt,
 		UpgradeTransport: up,
 		Timeout:          o.Timeout,
-		TrustedProxies:   o.Trusted,
+		TryFilters:       o.TryFilters,
+		Retry:            o.Retry,
 		Logger:           logger,
 	})
 	t.Cleanup(func() {
@@ -197,43 +192,48 @@ func waitIdle(t testing.TB, b *balancer.Balancer) {
 	}
 }
 
-// routes is a Router over service names, the way the outbound listener
-// routes: by the service named in the Host header.
-type routes map[string]*proxy.Upstream
-
-func (r routes) Route(req *http.Request) *proxy.Upstream {
-	return r[proxy.ServiceFromHost(req.Host)]
+// chain is the outbound chain the sidecar builds in front of u: Hygiene,
+// the request ID, X-Forwarded-* (kept from trusted peers), the proxy.
+func chain(u *proxy.Upstream, trusted []netip.Prefix) pipeline.Handler {
+	return pipeline.Chain(u, proxy.Hygiene, proxy.RequestID, &proxy.Forwarded{Trusted: trusted})
 }
 
-// startProxy serves h on a loopback listener through proxy.NewServer and
-// returns its address. The server is shut down when the test ends.
-func startProxy(t testing.TB, h http.Handler, o proxy.ServerOptions) string {
+// routes is a pipeline.Router over service names, the way the outbound
+// listener routes: by the service named in the Host header ("catalog",
+// "catalog.mesh:80"). Other names get no route (502).
+type routes map[string]*pipeline.Route
+
+// routeTo returns routes sending service to h.
+func routeTo(service string, h pipeline.Handler) routes {
+	return routes{service: {Name: service, Service: service, Handler: h}}
+}
+
+func (r routes) Route(req *http.Request) *pipeline.Route {
+	host := req.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return r[strings.TrimSuffix(strings.ToLower(host), ".mesh")] // nil: no route
+}
+
+// startProxy serves router's routes on a loopback listener the way the
+// sidecar does (a pipeline.Listener in a listener.Server) and returns its
+// address. The server is shut down when the test ends.
+func startProxy(t testing.TB, router pipeline.Router, o listener.HTTPOptions) string {
 	t.Helper()
-	ln := listen(t)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	srv := proxy.NewServer(h, o)
-	errc := make(chan error, 1)
-	go func() {
-		if o.TLS != nil {
-			errc <- srv.ServeTLS(ln, "", "")
-		} else {
-			errc <- srv.Serve(ln)
-		}
-	}()
+	sock := listener.Adopt(listen(t), o.Logger)
+	srv := listener.NewHTTP(pipeline.NewListener(pipeline.ListenerOptions{Name: "outbound", Router: router}), o)
+	srv.Serve(sock)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("proxy shutdown: %v", err)
-			srv.Close()
-		}
-		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("proxy serve: %v", err)
-		}
+		srv.Shutdown(ctx)
+		sock.Close()
 	})
-	return ln.Addr().String()
+	return sock.Addr().String()
 }
 
 // startOutbound is the usual setup: an outbound listener routing service
@@ -242,7 +242,7 @@ func startProxy(t testing.TB, h http.Handler, o proxy.ServerOptions) string {
 func startOutbound(t testing.TB, service string, o upstreamOpts, backends ...string) (string, *balancer.Balancer) {
 	t.Helper()
 	u, b := newUpstream(t, service, o, backends...)
-	addr := startProxy(t, &proxy.Handler{Router: routes{service: u}}, proxy.ServerOptions{})
+	addr := startProxy(t, routeTo(service, chain(u, o.Trusted)), listener.HTTPOptions{})
 	return addr, b
 }
 

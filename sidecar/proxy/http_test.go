@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
-	"github.com/sidemesh/sidemesh/sidecar/proxy"
 )
 
 // seen is what a backend handler recorded about the request it got.
@@ -294,44 +293,6 @@ func TestForwardedHeaders(t *testing.T) {
 	}
 }
 
-func TestUnknownServiceIs502NoRoute(t *testing.T) {
-	rec := &recorder{}
-	backend := startBackend(t, h1, rec)
-	addr, _ := startOutbound(t, "catalog", upstreamOpts{}, hostPort(backend))
-	c := newClient(t, addr, h1)
-
-	start := time.Now()
-	resp, body := get(t, c, "http://inventory.mesh:8080/items", nil)
-	if elapsed := time.Since(start); elapsed > 500*time.Millisecond {
-		t.Errorf("502 took %v", elapsed)
-	}
-	if resp.StatusCode != http.StatusBadGateway {
-		t.Errorf("status = %d, want 502", resp.StatusCode)
-	}
-	if v := resp.Header.Get("X-Sidemesh-Error"); v != "no_route" {
-		t.Errorf("X-Sidemesh-Error = %q, want no_route", v)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
-		t.Errorf("Content-Type = %q", ct)
-	}
-	if !strings.Contains(body, `"inventory"`) {
-		t.Errorf("body %q does not name the service", body)
-	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if len(rec.reqs) != 0 {
-		t.Errorf("backend got %d requests", len(rec.reqs))
-	}
-}
-
-func TestDescribeIsAppendedToNoRoute(t *testing.T) {
-	addr := startProxy(t, &proxy.Handler{Router: routes{}, Describe: func() string { return "known: catalog, cart" }}, proxy.ServerOptions{})
-	resp, body := get(t, newClient(t, addr, h1), "http://nope/", nil)
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "known: catalog, cart") || !strings.Contains(body, `"nope"`) {
-		t.Errorf("got %d %q", resp.StatusCode, body)
-	}
-}
-
 func TestUpstreamFailures(t *testing.T) {
 	stop := make(chan struct{})
 	hang := startBackend(t, h1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -442,36 +403,6 @@ func waitFor[T any](t testing.TB, ch <-chan T, what string) T {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("timed out waiting for %s", what)
 		panic("unreachable")
-	}
-}
-
-func TestServiceFromHost(t *testing.T) {
-	for host, want := range map[string]string{
-		"catalog":           "catalog",
-		"catalog.mesh":      "catalog",
-		"catalog:8080":      "catalog",
-		"Catalog.Mesh:80":   "catalog",
-		"catalog.mesh.":     "catalog",
-		"catalog.example":   "catalog.example",
-		"[::1]:80":          "::1",
-		"meshy":             "meshy",
-		"catalog.mesh.mesh": "catalog.mesh",
-		"":                  "",
-	} {
-		if got := proxy.ServiceFromHost(host); got != want {
-			t.Errorf("ServiceFromHost(%q) = %q, want %q", host, got, want)
-		}
-	}
-}
-
-func TestSingleRoutesEverything(t *testing.T) {
-	rec := &recorder{}
-	backend := startBackend(t, h1, rec)
-	u, _ := newUpstream(t, "local", upstreamOpts{}, hostPort(backend))
-	addr := startProxy(t, &proxy.Handler{Router: proxy.Single{Upstream: u}}, proxy.ServerOptions{})
-	resp, _ := get(t, newClient(t, addr, h1), "http://whatever.example:1234/in", nil)
-	if resp.StatusCode != http.StatusOK || rec.last(t).Host != "whatever.example:1234" {
-		t.Errorf("got %d, backend host %q", resp.StatusCode, rec.last(t).Host)
 	}
 }
 

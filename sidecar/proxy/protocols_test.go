@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sidemesh/sidemesh/sidecar/proxy"
+	"github.com/sidemesh/sidemesh/sidecar/listener"
 )
 
 func TestH2CEndToEnd(t *testing.T) {
@@ -90,8 +90,8 @@ func TestTLSServerNegotiatesH2(t *testing.T) {
 	backend := startBackend(t, h2c, rec)
 	u, _ := newUpstream(t, "catalog", upstreamOpts{HTTP2: true}, hostPort(backend))
 	cert, roots := newCert(t, "catalog", "catalog.mesh", "127.0.0.1")
-	addr := startProxy(t, &proxy.Handler{Router: routes{"catalog": u}},
-		proxy.ServerOptions{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	addr := startProxy(t, routeTo("catalog", chain(u, nil)),
+		listener.HTTPOptions{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
 
 	resp, body := get(t, newTLSClient(t, addr, roots), "https://catalog.mesh/tls", nil)
 	if resp.StatusCode != 200 || body != "ok" {

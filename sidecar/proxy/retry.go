@@ -46,7 +46,7 @@ type StatusSet [10]uint64
 
 // Add puts code in the set; codes outside 100-599 are ignored.
 func (s *StatusSet) Add(code int) {
-	if code >= 0 && code < 640 {
+	if code >= 100 && code <= 599 {
 		s[code/64] |= 1 << (code % 64)
 	}
 }
@@ -86,13 +86,15 @@ func (p *RetryPolicy) backoff(ctx context.Context, n int) bool {
 // RetryBudget caps retries at a share of the requests of a sliding window
 // (the last 10 seconds), with a floor of MinPerSecond retries per second,
 // so a failing upstream sees at most (1+ratio) times its normal load
-// rather than (1+attempts) times. Safe for concurrent use; lock-free.
+// rather than (1+attempts) times. Safe for concurrent use, without locks;
+// the counts are approximate under contention: a request counted at the
+// instant its bucket is reset for a new second may be lost, which errs on
+// the side of fewer retries.
 type RetryBudget struct {
-	ratio    float64
-	reserve  int64 // minimum retries per window
-	buckets  [budgetBuckets]budgetBucket
-	clock    func() time.Time
-	rejected atomic.Int64
+	ratio   float64
+	reserve int64 // minimum retries per window
+	buckets [budgetBuckets]budgetBucket
+	clock   func() time.Time
 }
 
 const budgetBuckets = 10 // one per second
@@ -138,12 +140,8 @@ func (b *RetryBudget) Withdraw() bool {
 		}
 	}
 	if float64(retries) >= max(b.ratio*float64(requests), float64(b.reserve)) {
-		b.rejected.Add(1)
 		return false
 	}
 	b.bucket(sec).retries.Add(1)
 	return true
 }
-
-// Rejected returns how many retries the budget refused so far.
-func (b *RetryBudget) Rejected() int64 { return b.rejected.Load() }

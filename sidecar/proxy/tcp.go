@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/pipeline"
 	"github.com/sidemesh/sidemesh/telemetry"
 )
 
@@ -58,8 +60,9 @@ type TCPProxy struct {
 	wg        sync.WaitGroup
 }
 
-// ErrProxyClosed is returned by Serve after Shutdown.
-var ErrProxyClosed = errors.New("proxy: TCP proxy closed")
+// ErrProxyClosed is returned by Serve after Shutdown. It wraps
+// net.ErrClosed.
+var ErrProxyClosed = fmt.Errorf("proxy: TCP proxy closed: %w", net.ErrClosed)
 
 // Serve accepts connections on l until Shutdown. It always returns a
 // non-nil error: ErrProxyClosed after Shutdown.
@@ -216,7 +219,7 @@ func (p *TCPProxy) serve(s *tcpSession) {
 	pick, err := t.Picker.Pick(balancer.Request{Client: client})
 	if err != nil {
 		log.Warn("tcp: no endpoint", "err", err)
-		conn.End("", string(KindNoEndpoints), 0, 0)
+		conn.End("", string(pipeline.KindNoEndpoints), 0, 0)
 		return
 	}
 	timeout := t.ConnectTimeout
@@ -228,7 +231,7 @@ func (p *TCPProxy) serve(s *tcpSession) {
 	if err != nil {
 		pick.Done(balancer.Result{Err: err, Latency: time.Since(start)})
 		log.Warn("tcp: connect failed", "endpoint", pick.Endpoint.Addr, "err", err)
-		conn.End(pick.Endpoint.Addr, string(KindConnectFailure), 0, 0)
+		conn.End(pick.Endpoint.Addr, string(pipeline.KindConnectFailure), 0, 0)
 		return
 	}
 	res := balancer.Result{Latency: time.Since(start)}
@@ -236,7 +239,7 @@ func (p *TCPProxy) serve(s *tcpSession) {
 		pick.Done(res)
 		kind := ""
 		if res.Err != nil {
-			kind = string(KindReset)
+			kind = string(pipeline.KindReset)
 		}
 		conn.End(pick.Endpoint.Addr, kind, s.sent.Load(), s.received.Load())
 	}()

@@ -4,17 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
-	"net/netip"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/pipeline"
 	"github.com/sidemesh/sidemesh/telemetry"
 )
 
@@ -33,6 +29,10 @@ type UpstreamOptions struct {
 	// (WebSocket); it must speak HTTP/1.1. Nil means Transport. Its
 	// scheme is chosen as for Transport.
 	UpgradeTransport http.RoundTripper
+	// TryFilters wrap the transport for every try, TryFilters[0]
+	// outermost: each sees one try's request, already addressed to its
+	// endpoint, and its response or error. Nil means none.
+	TryFilters []TryFilter
 	// Timeout bounds the wait for response headers, over all tries. Once
 	// they arrive, the body streams for as long as it takes. Zero means no
 	// limit.
@@ -40,19 +40,26 @@ type UpstreamOptions struct {
 	// Retry says which failed tries are retried. The zero value retries
 	// nothing.
 	Retry RetryPolicy
-	// TrustedProxies are the peers whose X-Forwarded-* headers are kept.
-	TrustedProxies []netip.Prefix
 	// Logger receives proxy errors. Nil means slog.Default().
 	Logger *slog.Logger
-	// Telemetry records a client span and metrics per try, and fills in
-	// the request's telemetry.Exchange. Nil records nothing.
+	// Telemetry records a client span and metrics per try. Nil records
+	// nothing.
 	Telemetry *telemetry.Client
 }
 
-// Upstream forwards HTTP requests to the endpoints of one service. It is an
-// http.Handler; header hygiene, trailers, flushing and upgrades are
-// httputil.ReverseProxy's, endpoint choice and timeouts are its own. Safe
-// for concurrent use.
+// TryFilter wraps the transport of one try. Filters are composed once, in
+// NewUpstream; the RoundTripper they return must be safe for concurrent
+// use and keep http.RoundTripper's contract: a filter that changes the
+// request changes a copy (r.Clone), since a retry sends the same request
+// again. It passes on next's response or error (a filter that answers on
+// its own bypasses the endpoint's accounting).
+type TryFilter func(next http.RoundTripper) http.RoundTripper
+
+// Upstream forwards HTTP requests to the endpoints of one service: a
+// pipeline.Handler. Header copying, trailers, flushing and upgrades are
+// httputil.ReverseProxy's; endpoint choice, retries and timeouts are its
+// own. It sends the request's headers as the chain's filters left them
+// (Hygiene, Forwarded, RequestID). Safe for concurrent use.
 type Upstream struct {
 	name    string
 	picker  balancer.Picker
@@ -64,8 +71,6 @@ type Upstream struct {
 	upgradeScheme string
 	timeout       time.Duration
 	retry         RetryPolicy
-	retries       atomic.Int64
-	trusted       []netip.Prefix
 	log           *slog.Logger
 	tel           *telemetry.Client
 	proxy         *httputil.ReverseProxy
@@ -80,7 +85,6 @@ func NewUpstream(o UpstreamOptions) *Upstream {
 		upgrade: o.UpgradeTransport,
 		timeout: o.Timeout,
 		retry:   o.Retry,
-		trusted: o.TrustedProxies,
 		log:     o.Logger,
 		tel:     o.Telemetry,
 	}
@@ -91,6 +95,10 @@ func NewUpstream(o UpstreamOptions) *Upstream {
 		u.log = slog.Default()
 	}
 	u.scheme, u.upgradeScheme = schemeFor(u.rt), schemeFor(u.upgrade)
+	for i := len(o.TryFilters) - 1; i >= 0; i-- {
+		u.rt = o.TryFilters[i](u.rt)
+		u.upgrade = o.TryFilters[i](u.upgrade)
+	}
 	u.proxy = &httputil.ReverseProxy{
 		Rewrite:      u.rewrite,
 		Transport:    (*upstreamTransport)(u),
@@ -113,8 +121,17 @@ func schemeFor(rt http.RoundTripper) string {
 // Name returns the upstream's service name.
 func (u *Upstream) Name() string { return u.name }
 
-// ServeHTTP proxies r to one of the upstream's endpoints.
-func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP proxies r to one of the upstream's endpoints. It returns the
+// error that kept the request from getting an upstream response, for the
+// listener to render; nil once a response was passed on, or when the
+// client went away (nobody is left to answer).
+func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	info := pipeline.InfoFrom(r.Context())
+	if info == nil {
+		info = new(pipeline.Info)
+		r = r.WithContext(pipeline.WithInfo(r.Context(), info))
+	}
+	info.Upstream = u.name
 	if r.ProtoMajor == 1 && !isUpgrade(r.Header) {
 		// Let the body stream both ways at once (bidirectional streaming
 		// over HTTP/1.1); the default would block reads after the first
@@ -130,7 +147,12 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			defer r.Body.Close()
 		}
 	}
+	info.Err = nil
 	u.proxy.ServeHTTP(w, r)
+	if info.Err != nil {
+		return info.Err
+	}
+	return nil
 }
 
 // rewrite prepares the outbound request. The endpoint and transport are
@@ -146,17 +168,17 @@ func (u *Upstream) rewrite(pr *httputil.ProxyRequest) {
 	// The server fills pr.In.Trailer in place when the body ends, which
 	// is when the transport reads the trailers it sends: share the map.
 	pr.Out.Trailer = pr.In.Trailer
-	setForwarded(pr, u.trusted)
-	id := pr.In.Header.Get(headerRequestID)
-	if id == "" {
-		id = newRequestID()
-		pr.Out.Header[headerRequestID] = []string{id}
-	}
-	if ex := telemetry.ExchangeFrom(pr.In.Context()); ex != nil {
-		ex.RequestID = id
+	// httputil.ReverseProxy dropped the X-Forwarded-* headers from
+	// pr.Out; send them as the Forwarded filter left them.
+	for _, k := range forwardedHeaders {
+		if v := pr.In.Header[k]; v != nil {
+			pr.Out.Header[k] = v
+		}
 	}
 }
 
+// handleError records why the request got no upstream response, for
+// ServeHTTP to return. httputil.ReverseProxy calls it synchronously.
 func (u *Upstream) handleError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
 		// The client hung up: nobody is left to answer, and it is not the
@@ -164,16 +186,15 @@ func (u *Upstream) handleError(w http.ResponseWriter, r *http.Request, err error
 		u.log.Debug("client went away", "upstream", u.name, "err", err)
 		return
 	}
-	ue, ok := err.(*UpstreamError)
-	if !ok {
-		ue = &UpstreamError{Kind: classify(r.Context(), err), Upstream: u.name, Err: err}
+	var e *pipeline.Error
+	if !errors.As(err, &e) {
+		// Not from RoundTrip: an upgrade the proxy could not complete.
+		e = upstreamError(classify(r.Context(), err), u.name, "", err)
 	}
-	if ex := telemetry.ExchangeFrom(r.Context()); ex != nil {
-		ex.ErrorKind = string(ue.Kind)
+	u.log.Warn("proxy error", "upstream", u.name, "kind", string(e.Kind), "method", r.Method, "path", r.URL.Path, "err", e.Msg)
+	if info := pipeline.InfoFrom(r.Context()); info != nil {
+		info.Err = e
 	}
-	u.log.Warn("proxy error", "upstream", u.name, "endpoint", ue.Endpoint,
-		"kind", string(ue.Kind), "method", r.Method, "path", r.URL.Path, "err", ue.Err)
-	writeError(w, ue.Kind, ue.Error())
 }
 
 // upstreamTransport is the RoundTripper of an Upstream's ReverseProxy. It
@@ -181,239 +202,57 @@ func (u *Upstream) handleError(w http.ResponseWriter, r *http.Request, err error
 type upstreamTransport Upstream
 
 // RoundTrip sends req to an endpoint, and retries on another endpoint as
-// the retry policy allows. req is the private clone httputil.ReverseProxy
-// made for this call, so setting its URL and Body does not affect the
-// caller. The upstream's timeout bounds all tries until response headers
-// arrive; a per-try timeout bounds each.
+// the retry policy allows: one call of try per attempt. req is the
+// private clone httputil.ReverseProxy made for this call, so setting its
+// URL and Body does not affect the caller. The upstream's timeout bounds
+// all tries until response headers arrive; a per-try timeout bounds each.
 func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	u := (*Upstream)(t)
-	p := &u.retry
-	if p.Budget != nil {
-		p.Budget.Request()
+	if u.retry.Budget != nil {
+		u.retry.Budget.Request()
 	}
-	ctx, cancel := context.WithCancelCause(req.Context())
+	x := tries{u: u, req: req, rt: u.rt, info: pipeline.InfoFrom(req.Context())}
+	if x.info == nil {
+		x.info = new(pipeline.Info)
+	}
+	x.info.Upstream = u.name
 	var overall *time.Timer
+	ctx, cancel := context.WithCancelCause(req.Context())
+	x.ctx, x.cancel = ctx, cancel
 	if u.timeout > 0 {
 		overall = time.AfterFunc(u.timeout, func() { cancel(errTimeout) })
 	}
-	fail := func(err *UpstreamError) (*http.Response, error) {
+	// A response hands the context over to its body, whose Close cancels
+	// it; anything else ends here.
+	handedOver := false
+	defer func() {
 		if overall != nil {
 			overall.Stop()
 		}
-		cancel(nil)
-		return nil, err
-	}
+		if !handedOver {
+			cancel(nil)
+		}
+	}()
 
-	rt := u.rt
 	req.URL.Scheme = u.scheme
-	upgrade := isUpgrade(req.Header)
-	if upgrade {
-		rt = u.upgrade
+	if isUpgrade(req.Header) {
+		x.rt = u.upgrade
 		req.URL.Scheme = u.upgradeScheme
 	}
-	body, err := newReplayBody(req, p)
+	body, err := newReplayBody(req, &u.retry)
 	if err != nil {
-		return fail(&UpstreamError{Kind: KindProtocol, Upstream: u.name, Err: fmt.Errorf("reading request body: %w", err)})
+		return nil, upstreamError(pipeline.KindProtocol, u.name, "", fmt.Errorf("reading request body: %w", err))
 	}
-
-	ex := telemetry.ExchangeFrom(req.Context())
-	if ex != nil {
-		ex.Upstream = u.name
-	}
-	br := balancer.Request{HTTP: req}
+	x.body = body
 	for attempt := 0; ; attempt++ {
-		pick, err := u.picker.Pick(br)
-		if err != nil {
-			return fail(&UpstreamError{Kind: KindNoEndpoints, Upstream: u.name, Err: err})
-		}
-		br.MarkTried(pick.Endpoint)
-		ep := pick.Endpoint.Addr
-		if ex != nil {
-			ex.Endpoint = ep
-			ex.Tries++
-		}
-
-		out := req
-		if attempt > 0 {
-			out = new(http.Request)
-			*out = *req
-			url := *req.URL
-			out.URL = &url
-		}
-		out.URL.Host = ep
-		body.prepare(out)
-
-		tctx, tcancel := ctx, context.CancelCauseFunc(nil)
-		var perTry *time.Timer
-		if p.PerTryTimeout > 0 {
-			tctx, tcancel = context.WithCancelCause(ctx)
-			perTry = time.AfterFunc(p.PerTryTimeout, func() { tcancel(errPerTryTimeout) })
-		}
-		endTry := func() {
-			if perTry != nil {
-				perTry.Stop()
-				tcancel(nil)
-			}
-		}
-		try := u.tel.StartTry(ctx, out, telemetry.TryInfo{
-			Endpoint: ep, EndpointID: pick.Endpoint.ID, Attempt: attempt,
-			Breaker: pick.Endpoint.BreakerState().String(), Scheme: out.URL.Scheme,
-		})
-		start := time.Now()
-		resp, err := rt.RoundTrip(out.WithContext(tctx))
-		latency := time.Since(start)
-		if perTry != nil {
-			perTry.Stop()
-		}
-		clientGone := req.Context().Err() != nil
-
-		if err != nil {
-			kind := classify(tctx, err)
-			endTry()
-			// A client that hung up abandoned the try: it says nothing
-			// about the endpoint.
-			pick.Done(balancer.Result{Err: err, Latency: latency, Local: clientGone})
-			try.End(0, string(kind))
-			if u.shouldRetry(ctx, req, body, attempt, kind, 0) {
-				continue
-			}
-			return fail(&UpstreamError{Kind: kind, Upstream: u.name, Endpoint: ep, Err: err})
-		}
-		res := balancer.Result{Status: resp.StatusCode, Latency: latency}
-
-		if resp.StatusCode == http.StatusSwitchingProtocols {
-			rwc, ok := resp.Body.(io.ReadWriteCloser)
-			want, got := upgradeType(req.Header), upgradeType(resp.Header)
-			if !ok || want == "" || !strings.EqualFold(want, got) {
-				// httputil.ReverseProxy refuses such a switch without
-				// closing the body, which would leak the connection and
-				// the pick.
-				resp.Body.Close()
-				endTry()
-				err := fmt.Errorf("endpoint switched to protocol %q when %q was requested", got, want)
-				pick.Done(balancer.Result{Err: err, Latency: latency})
-				try.End(resp.StatusCode, string(KindProtocol))
-				return fail(&UpstreamError{Kind: KindProtocol, Upstream: u.name, Endpoint: ep, Err: err})
-			}
-			if overall != nil {
-				overall.Stop()
-			}
-			resp.Body = &upgradedBody{ReadWriteCloser: rwc, done: pick.Done, res: res, cancel: cancel, try: try}
-			return resp, nil
-		}
-		if p.Statuses.Has(resp.StatusCode) && u.shouldRetry(ctx, req, body, attempt, "", resp.StatusCode) {
-			// Read a little of the body so the connection can be reused,
-			// then drop the response for the next try.
-			io.CopyN(io.Discard, resp.Body, 4<<10)
-			resp.Body.Close()
-			endTry()
-			pick.Done(res)
-			try.End(resp.StatusCode, "")
+		resp, retry, err := x.try(attempt)
+		if retry {
 			continue
 		}
-		if overall != nil {
-			overall.Stop()
+		if err != nil {
+			return nil, err
 		}
-		resp.Body = &trackedBody{ReadCloser: resp.Body, done: pick.Done, res: res, cancel: cancel, try: try}
+		handedOver = true
 		return resp, nil
 	}
-}
-
-// shouldRetry reports whether a failed try (by transport error kind, or by
-// status) may be retried, and waits the backoff if so. A retry needs: an
-// attempt left, a condition the policy retries, a method that may be
-// repeated (any method after a connect failure: nothing was sent), a body
-// that can be sent again, time left, and the budget's consent.
-func (u *Upstream) shouldRetry(ctx context.Context, req *http.Request, body *replayBody, attempt int, kind ErrorKind, status int) bool {
-	p := &u.retry
-	if attempt >= p.Attempts || ctx.Err() != nil {
-		return false
-	}
-	switch {
-	case status != 0:
-		// p.Statuses.Has(status) was checked by the caller.
-	case kind == KindConnectFailure:
-		if !p.OnConnectFailure {
-			return false
-		}
-	case kind == KindReset:
-		if !p.OnReset {
-			return false
-		}
-	case kind == KindTimeout:
-		if !p.OnTimeout {
-			return false
-		}
-	default:
-		return false
-	}
-	if kind != KindConnectFailure && !p.NonIdempotent && !idempotent(req.Method) {
-		return false
-	}
-	if !body.replayable() {
-		return false
-	}
-	if p.Budget != nil && !p.Budget.Withdraw() {
-		u.log.Debug("retry budget exhausted", "upstream", u.name)
-		u.tel.RetryBudgetExhausted()
-		return false
-	}
-	u.retries.Add(1)
-	u.tel.Retry()
-	return p.backoff(ctx, attempt+1)
-}
-
-// Retries returns how many retries the upstream has made.
-func (u *Upstream) Retries() int64 { return u.retries.Load() }
-
-// errPerTryTimeout is the cancellation cause when a try's own timeout
-// expires.
-var errPerTryTimeout = errors.New("no response headers within the per-try timeout")
-
-// trackedBody reports the end of an exchange to the balancer and releases
-// the try's context once the proxy is done with the response body.
-type trackedBody struct {
-	io.ReadCloser
-	once   sync.Once
-	done   func(balancer.Result)
-	res    balancer.Result
-	cancel context.CancelCauseFunc
-	try    telemetry.Try
-}
-
-func (b *trackedBody) Close() error {
-	// Cancel before closing: an HTTP/2 response body's Close waits until
-	// the request body has been sent as well, which never happens when the
-	// endpoint ended the exchange while the client was still sending (a
-	// gRPC server failing a bidirectional stream early). Cancelling
-	// abandons the rest of the request, as the endpoint asked. Once the
-	// body was read to its end, cancelling costs nothing: an HTTP/1.1
-	// connection is back in the pool by then, and an HTTP/2 stream done.
-	b.once.Do(func() {
-		b.cancel(nil)
-		b.done(b.res)
-		b.try.End(b.res.Status, "")
-	})
-	return b.ReadCloser.Close()
-}
-
-// upgradedBody is trackedBody for a 101 response, whose body is the raw
-// two-way connection httputil.ReverseProxy splices to the client.
-type upgradedBody struct {
-	io.ReadWriteCloser
-	once   sync.Once
-	done   func(balancer.Result)
-	res    balancer.Result
-	cancel context.CancelCauseFunc
-	try    telemetry.Try
-}
-
-func (b *upgradedBody) Close() error {
-	err := b.ReadWriteCloser.Close()
-	b.once.Do(func() {
-		b.cancel(nil)
-		b.done(b.res)
-		b.try.End(b.res.Status, "")
-	})
-	return err
 }

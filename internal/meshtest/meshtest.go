@@ -1,0 +1,116 @@
+// Package meshtest is the one home of the helpers sidemesh's own tests
+// share: polling with a deadline instead of sleeping, the named wait for
+// "nothing happens", and loopback listeners. It imports nothing of
+// sidemesh, so every package's tests can use it.
+package meshtest
+
+import (
+	"net"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// PollInterval is how often WaitFor and Eventually check their condition.
+const PollInterval = 10 * time.Millisecond
+
+// Quiet is how long a test watches for something that must not happen (a
+// snapshot without a change, a registration coming back): long enough for
+// the event to show up on a loaded CI machine if the code were wrong, short
+// enough to keep the suite fast. Use it, never a bare sleep, and say in a
+// comment what it guards.
+const Quiet = 500 * time.Millisecond
+
+// Eventually calls cond every PollInterval until it returns nil, and fails
+// t with what and cond's last error if that has not happened within
+// timeout. It returns how long it waited.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s: %v", timeout, what, err)
+		}
+		time.Sleep(PollInterval)
+	}
+}
+
+// WaitFor is Eventually for a condition that has no more to say than
+// whether it holds.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	return Eventually(t, timeout, what, func() error {
+		if cond() {
+			return nil
+		}
+		return errNotYet
+	})
+}
+
+type notYet struct{}
+
+func (notYet) Error() string { return "condition not met" }
+
+var errNotYet error = notYet{}
+
+// Listen returns a TCP listener on a free loopback port, closed when the
+// test ends. Hand it to the code under test where the code allows it (a
+// port that is closed and taken again races with parallel tests).
+func Listen(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// FreeAddr returns a loopback "host:port" that was free a moment ago, for
+// what must bind an address itself: another process (a Consul agent, a
+// sidemesh binary) or a library that takes only an address (memberlist).
+// Another test may take the port in between: prefer Listen.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// FreePort is FreeAddr's port.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	_, p, _ := net.SplitHostPort(FreeAddr(t))
+	port, _ := strconv.Atoi(p)
+	return port
+}
+
+// FreeUDPAndTCPPort is FreePort for what binds the same port for TCP and
+// UDP (memberlist, serf): it returns a loopback port that was free for
+// both a moment ago. The same race as FreeAddr's applies.
+func FreeUDPAndTCPPort(t testing.TB) int {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("meshtest: no loopback port free for both TCP and UDP")
+	return 0
+}

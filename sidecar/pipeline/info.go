@@ -1,0 +1,69 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+)
+
+// Info is what the steps of the request path learn about one request,
+// resolved once and read by the rest: the observer's span, metrics and
+// access log line, later filters, and the proxy. The listener puts one in
+// every request's context (InfoFrom). It belongs to the request's handler
+// goroutine: the proxy calls its transport synchronously, so every writer
+// runs there.
+type Info struct {
+	// Listener names the listener the request arrived on: inbound,
+	// outbound, or upstream/<name> for a dedicated listener.
+	Listener string
+	// Route is the name of the route the router chose; empty when none
+	// matched.
+	Route string
+	// Service is the service the request is for, as a metric label: a
+	// configured name, or "unknown" for a request that matched nothing, so
+	// that no client can create series.
+	Service string
+	// Start is when the listener received the request.
+	Start time.Time
+
+	// RequestID is the X-Request-Id the request carried or was given.
+	RequestID string
+	// Peer is the caller's verified SPIFFE ID (mutual TLS).
+	Peer string
+	// PolicyRule names the authorization rule that decided, and
+	// PolicyAllowed its decision; empty when no policy ran.
+	PolicyRule    string
+	PolicyAllowed bool
+
+	// Upstream is the service the request was proxied to.
+	Upstream string
+	// Endpoint is the "host:port" of the last try.
+	Endpoint string
+	// Tries counts the tries sent to endpoints.
+	Tries int
+
+	// Err is the error the request was answered with in place of an
+	// upstream response; nil when there was none.
+	Err *Error
+
+	// Status, BytesIn and BytesOut are set by the listener when the
+	// exchange is over, for Observer.End: the final status (0 when
+	// nothing was written) and the body bytes read and written.
+	Status            int
+	BytesIn, BytesOut int64
+}
+
+type infoKey struct{}
+
+// InfoFrom returns the Info of the request ctx belongs to; nil for a
+// request that did not come through a Listener.
+func InfoFrom(ctx context.Context) *Info {
+	info, _ := ctx.Value(infoKey{}).(*Info)
+	return info
+}
+
+// WithInfo returns ctx carrying info. Listeners do this for every request;
+// code that calls a Handler outside a listener (tests, a sub-request) may
+// too.
+func WithInfo(ctx context.Context, info *Info) context.Context {
+	return context.WithValue(ctx, infoKey{}, info)
+}

@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/sidemesh/sidemesh/sidecar/pipeline"
+)
+
+// Hygiene is the first filter of every HTTP chain. It removes the
+// request's hop-by-hop headers (RFC 9110, section 7.6.1) — Connection and
+// every header it names, Keep-Alive, Proxy-Connection, Proxy-Authenticate,
+// Proxy-Authorization, Transfer-Encoding, TE unless it is "trailers" —
+// before any filter sets a header of its own. httputil.ReverseProxy
+// removes what Connection names from the outbound request after the
+// filters ran, so without this a caller could delete X-Request-Id or the
+// verified identity header by naming it in Connection.
+//
+// Upgrade passes only for WebSocket, the one upgrade the proxy splices
+// and understands; any other (h2c, say) is dropped and the request
+// served as a plain HTTP/1.1 request, so no tunnel can carry requests the
+// filters never saw. Safe for concurrent use.
+var Hygiene pipeline.Filter = hygieneFilter{}
+
+type hygieneFilter struct{}
+
+// hopHeaders are removed from every request and response a proxy passes
+// on (canonical form). Upgrade and Connection are handled apart.
+var hopHeaders = [...]string{
+	"Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Transfer-Encoding",
+}
+
+func (hygieneFilter) Serve(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
+	h := r.Header
+	websocket := false
+	if conn := h["Connection"]; conn != nil {
+		for _, v := range conn {
+			for tok := range strings.SplitSeq(v, ",") {
+				tok = strings.TrimSpace(tok)
+				if strings.EqualFold(tok, "Upgrade") {
+					websocket = strings.EqualFold(strings.TrimSpace(h.Get("Upgrade")), "websocket")
+					continue
+				}
+				if tok != "" && !strings.EqualFold(tok, "TE") { // TE: trailers is kept, below
+					h.Del(tok)
+				}
+			}
+		}
+		delete(h, "Connection")
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+	if te := h["Te"]; te != nil {
+		delete(h, "Te")
+		if hasToken(te, "trailers") {
+			h["Te"] = []string{"trailers"}
+		}
+	}
+	if websocket {
+		h["Connection"] = []string{"Upgrade"}
+	} else {
+		delete(h, "Upgrade")
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// isUpgrade reports whether a request asks to switch protocols. Behind
+// Hygiene, only WebSocket upgrades are left.
+func isUpgrade(h http.Header) bool {
+	return h.Get("Upgrade") != ""
+}
+
+// hasToken reports whether the comma-separated header values vs hold
+// token, case-insensitively.
+func hasToken(vs []string, token string) bool {
+	for _, v := range vs {
+		for tok := range strings.SplitSeq(v, ",") {
+			if i := strings.IndexByte(tok, ';'); i >= 0 {
+				tok = tok[:i]
+			}
+			if strings.EqualFold(strings.TrimSpace(tok), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// upgradeType returns the protocol a request or 101 response switches to,
+// "" when its Connection header does not say "Upgrade".
+func upgradeType(h http.Header) string {
+	if !hasToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}
