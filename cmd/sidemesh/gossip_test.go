@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // gossipMember is one sidemesh process of the gossip test: an app that
@@ -26,7 +28,7 @@ type gossipMember struct {
 func startGossipMember(t *testing.T, name, keyFile, seed string) *gossipMember {
 	t.Helper()
 	app := startBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })
-	m := &gossipMember{name: name, outbound: freeAddr(t), gossip: freeAddr(t), admin: freeAddr(t)}
+	m := &gossipMember{name: name, outbound: meshtest.FreeAddr(t), gossip: meshtest.FreeAddr(t), admin: meshtest.FreeAddr(t)}
 	join := "[]"
 	if seed != "" {
 		join = "[" + seed + "]"
@@ -42,7 +44,7 @@ upstreams:
   - service: echo
     retries: { attempts: 2, on: [connect_failure, reset, 502, 503] }
 drain_timeout: 2s
-`, name, app.port, freeAddr(t), m.outbound, m.admin, m.gossip, join, keyFile))
+`, name, app.port, meshtest.FreeAddr(t), m.outbound, m.admin, m.gossip, join, keyFile))
 	return m
 }
 
@@ -114,12 +116,12 @@ func TestGossipMesh(t *testing.T) {
 	m3 := startGossipMember(t, "m3", key, m1.gossip)
 
 	start := time.Now()
-	waitFor(t, 30*time.Second, "every member reachable through m2", func() bool {
+	meshtest.WaitFor(t, 30*time.Second, "every member reachable through m2", func() bool {
 		got, _ := m2.seen(9)
 		return got["m1"] > 0 && got["m2"] > 0 && got["m3"] > 0
 	})
 	t.Logf("three members routing to each other after %v", time.Since(start).Round(time.Millisecond))
-	waitFor(t, 10*time.Second, "m1's metrics to count three gossip members", func() bool {
+	meshtest.WaitFor(t, 10*time.Second, "m1's metrics to count three gossip members", func() bool {
 		return strings.Contains(m1.metrics(t), "\nsidemesh_gossip_members 3\n")
 	})
 
@@ -146,7 +148,7 @@ func TestGossipMesh(t *testing.T) {
 		t.Fatal(err)
 	}
 	start = time.Now()
-	waitFor(t, 30*time.Second, "m1 to declare m2 gone", func() bool {
+	meshtest.WaitFor(t, 30*time.Second, "m1 to declare m2 gone", func() bool {
 		if _, err := m1.seen(3); err != nil {
 			t.Errorf("request failed while m2 was being detected dead: %v", err)
 		}
@@ -163,7 +165,7 @@ func TestGossipMesh(t *testing.T) {
 	// request fails meanwhile.
 	m3.proc.signal(t, syscall.SIGTERM)
 	start = time.Now()
-	waitFor(t, 30*time.Second, "m3 gone after leaving", func() bool {
+	meshtest.WaitFor(t, 30*time.Second, "m3 gone after leaving", func() bool {
 		got, err := m1.seen(6)
 		if err != nil {
 			t.Errorf("request failed while m3 left: %v", err)

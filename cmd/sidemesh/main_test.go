@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // binary is the sidemesh executable built once for these tests.
@@ -90,7 +92,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		<-release
 		io.WriteString(w, "done")
 	})
-	out, in := freeAddr(t), freeAddr(t)
+	out, in := meshtest.FreeAddr(t), meshtest.FreeAddr(t)
 	cfg := fmt.Sprintf(`
 service: { name: app, port: %d }
 inbound: { listen: %s }
@@ -106,11 +108,11 @@ drain_timeout: 20s
 	for range n {
 		go func() { results <- get(client, out, "app", "done") }()
 	}
-	waitFor(t, 10*time.Second, "all requests reach the backend", func() bool { return inflight.Load() == n })
+	meshtest.WaitFor(t, 10*time.Second, "all requests reach the backend", func() bool { return inflight.Load() == n })
 
 	p.signal(t, syscall.SIGTERM)
 	// New connections are refused once draining starts.
-	waitFor(t, 10*time.Second, "outbound listener closes", func() bool {
+	meshtest.WaitFor(t, 10*time.Second, "outbound listener closes", func() bool {
 		c, err := net.DialTimeout("tcp", out, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
@@ -142,7 +144,7 @@ func TestSIGHUPReload(t *testing.T) {
 		io.WriteString(w, "one")
 	})
 	two := startBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "two") })
-	out := freeAddr(t)
+	out := meshtest.FreeAddr(t)
 	cfgA := fmt.Sprintf(`
 outbound: { listen: %s }
 upstreams: [{ service: cat, endpoints: [{ address: 127.0.0.1:%d }] }]
@@ -164,11 +166,11 @@ upstreams:
 
 	slow := make(chan error, 1)
 	go func() { slow <- getPath(client, out, "cat", "/slow", "one") }()
-	waitFor(t, 10*time.Second, "slow request reaches backend", slowStarted.Load)
+	meshtest.WaitFor(t, 10*time.Second, "slow request reaches backend", slowStarted.Load)
 
 	p.rewrite(t, cfgB)
 	p.signal(t, syscall.SIGHUP)
-	waitFor(t, 10*time.Second, "reload takes effect", func() bool {
+	meshtest.WaitFor(t, 10*time.Second, "reload takes effect", func() bool {
 		return get(newClient(), out, "cat", "two") == nil && get(newClient(), out, "dog", "one") == nil
 	})
 	close(release)
@@ -178,7 +180,7 @@ upstreams:
 
 	p.rewrite(t, cfgB+"bogus_key: 1\n")
 	p.signal(t, syscall.SIGHUP)
-	waitFor(t, 10*time.Second, "invalid reload is logged", func() bool {
+	meshtest.WaitFor(t, 10*time.Second, "invalid reload is logged", func() bool {
 		return strings.Contains(p.log(), "reload rejected") && strings.Contains(p.log(), `unknown key \"bogus_key\"`)
 	})
 	if !strings.Contains(p.log(), "sidemesh.yaml:6:1") {
@@ -210,17 +212,6 @@ func startBackend(t *testing.T, h http.HandlerFunc) backend {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return backend{port: ln.Addr().(*net.TCPAddr).Port}
-}
-
-// freeAddr returns a loopback address nothing listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func writeFile(t *testing.T, dir, name, content string) string {
@@ -274,7 +265,7 @@ func startSidemesh(t *testing.T, cfg string) *process {
 			t.Logf("sidemesh log:\n%s", p.log())
 		}
 	})
-	waitFor(t, 20*time.Second, "sidemesh starts", func() bool {
+	meshtest.WaitFor(t, 20*time.Second, "sidemesh starts", func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("sidemesh exited early:\n%s", p.log())
@@ -337,16 +328,4 @@ func getPath(c *http.Client, addr, host, path, want string) error {
 		return fmt.Errorf("GET %s (Host %s): %d %q, want 200 %q", path, host, resp.StatusCode, body, want)
 	}
 	return nil
-}
-
-// waitFor polls cond every 20ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

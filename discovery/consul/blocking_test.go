@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 func TestBlockingLoopIndexHandling(t *testing.T) {
@@ -56,7 +58,7 @@ func TestBlockingLoopIndexHandling(t *testing.T) {
 			return &api.QueryMeta{LastIndex: a.index}, nil
 		})
 	}()
-	eventually(t, 5*time.Second, func() error {
+	meshtest.Eventually(t, 5*time.Second, "the loop to run through the script", func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if len(seen) <= len(script) {

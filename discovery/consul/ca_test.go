@@ -24,6 +24,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/sidemesh/sidemesh/discovery/consul/consultest"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 	"github.com/sidemesh/sidemesh/policy/identity"
 )
 
@@ -213,7 +214,7 @@ func TestCASourceKeepsBundleWhileAgentIsDown(t *testing.T) {
 	before := waitReady(t, src, 10*time.Second)
 
 	agent.Stop()
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "both watches to fail", func() error {
 		if logs.count("consul query failed") < 2 {
 			return errors.New("both watches have not failed yet")
 		}
@@ -224,7 +225,7 @@ func TestCASourceKeepsBundleWhileAgentIsDown(t *testing.T) {
 	}
 
 	agent.Restart()
-	eventually(t, 20*time.Second, func() error {
+	meshtest.Eventually(t, 20*time.Second, "the bundle of the restarted agent", func() error {
 		if b := src.Current(); b.ID.TrustDomain == before.ID.TrustDomain {
 			return fmt.Errorf("still trust domain %s", b.ID.TrustDomain)
 		}
@@ -335,7 +336,7 @@ func TestCARotation(t *testing.T) {
 		_, err := newRoot.Verify(x509.VerifyOptions{Roots: b.Roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 		return err == nil
 	}
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "the new root in both bundles", func() error {
 		for name, src := range map[string]*CASource{"web": web, "cart": cart} {
 			if !trusts(src.Current()) {
 				return fmt.Errorf("%s does not trust the new root yet", name)
@@ -355,7 +356,7 @@ func TestCARotation(t *testing.T) {
 		name string
 		src  *CASource
 	}{{"web", web}, {"cart", cart}} {
-		eventually(t, 40*time.Second, func() error {
+		meshtest.Eventually(t, 40*time.Second, side.name+"'s leaf from the new root", func() error {
 			if !signedByNew(side.src.Current()) {
 				return fmt.Errorf("%s's leaf is not from the new root yet", side.name)
 			}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 func writeFile(t *testing.T, name, content string) string {
@@ -56,7 +57,7 @@ func TestTokenFile(t *testing.T) {
 	if err := r.Register(ctx, testInstance(21000)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() error {
+	meshtest.Eventually(t, 5*time.Second, "a TTL update", func() error {
 		_, _, paths := f.seen()
 		for _, p := range paths {
 			if strings.HasPrefix(p, "/v1/agent/check/update/") {

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/sidemesh/sidemesh/discovery/consul/consultest"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 	"github.com/sidemesh/sidemesh/policy"
 )
 
@@ -432,7 +433,7 @@ func TestIntentionsKeepLastWhileAgentIsDown(t *testing.T) {
 	recvRules(t, ch, 10*time.Second, "web -> cart", namesAre("consul intention web -> cart allow"))
 
 	agent.Stop()
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "a failed query", func() error {
 		if logs.count("consul query failed") == 0 {
 			return errors.New("no failure yet")
 		}

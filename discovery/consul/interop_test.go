@@ -21,6 +21,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/discovery/consul/consultest"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 	"github.com/sidemesh/sidemesh/policy/identity"
 )
 
@@ -122,7 +123,7 @@ func TestInteropWithConsulProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Deregister(context.Background()) })
-	eventually(t, 15*time.Second, func() error {
+	meshtest.Eventually(t, 15*time.Second, "cart's mesh endpoint to pass", func() error {
 		entries, _, err := client.Health().Connect("cart", "", true, nil)
 		if err != nil {
 			return err
@@ -136,7 +137,7 @@ func TestInteropWithConsulProxy(t *testing.T) {
 	// web: a plain app behind Consul's built-in proxy, which also has an
 	// upstream listener for cart.
 	webApp := echoApp(t, "web")
-	upstreamPort, publicPort := consultest.FreePort(t), consultest.FreePort(t)
+	upstreamPort, publicPort := meshtest.FreePort(t), meshtest.FreePort(t)
 	upstream := net.JoinHostPort("127.0.0.1", strconv.Itoa(upstreamPort))
 	public := net.JoinHostPort("127.0.0.1", strconv.Itoa(publicPort))
 	proxy := agent.ConnectProxy(t,
@@ -152,7 +153,7 @@ func TestInteropWithConsulProxy(t *testing.T) {
 	// (a) built-in proxy → our mTLS server.
 	plain := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 	var body string
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "a call through the built-in proxy's upstream", func() error {
 		var err error
 		body, err = get(plain, "http://"+upstream+"/hello")
 		return err
@@ -170,7 +171,7 @@ func TestInteropWithConsulProxy(t *testing.T) {
 
 	// (b) our mTLS client → built-in proxy's public listener.
 	c := mtlsClient(t, cartCA, "web", "default", true)
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "a call to the built-in proxy's public listener", func() error {
 		var err error
 		body, err = get(c, "https://"+public+"/from-cart")
 		return err
@@ -198,14 +199,14 @@ func TestInteropWithConsulProxy(t *testing.T) {
 		}
 	}
 	setIntention(api.IntentionActionDeny)
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "the deny intention to take effect", func() error {
 		if _, err := get(fresh, "https://"+public+"/"); err == nil {
 			return errors.New("cart still allowed")
 		}
 		return nil
 	})
 	// The proxy logs the denial just after it closes the connection.
-	eventually(t, 5*time.Second, func() error {
+	meshtest.Eventually(t, 5*time.Second, "the built-in proxy to log the denial", func() error {
 		if !strings.Contains(proxy.Output(), "authz call denied") {
 			return errors.New("built-in proxy did not log a denial")
 		}
@@ -215,7 +216,7 @@ func TestInteropWithConsulProxy(t *testing.T) {
 	i := strings.LastIndex(out, "authz call denied")
 	t.Logf("built-in proxy: %s", strings.SplitN(out[i:], "\n", 2)[0])
 	setIntention(api.IntentionActionAllow)
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "the allow intention to take effect", func() error {
 		_, err := get(fresh, "https://"+public+"/")
 		return err
 	})

@@ -105,23 +105,6 @@ func waitClosed(t *testing.T, ch <-chan discovery.Snapshot, d time.Duration) {
 	}
 }
 
-// eventually polls cond every 50ms until it returns nil or d passes, and
-// then fails the test with cond's last error.
-func eventually(t *testing.T, d time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // with returns a predicate for snapshots holding an endpoint with id and
 // weight (any weight if 0).
 func with(id string, weight int) func(discovery.Snapshot) bool {

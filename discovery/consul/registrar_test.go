@@ -14,6 +14,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/discovery/consul/consultest"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 func testInstance(port int) discovery.Instance {
@@ -97,7 +98,7 @@ func TestRegisterDeregister(t *testing.T) {
 	}
 
 	// The catalog shows a mesh service: the app and its sidecar, healthy.
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "the mesh service in the catalog", func() error {
 		cs, _, err := client.Catalog().Service("web", "", nil)
 		if err != nil || len(cs) != 1 || cs[0].ServiceID != "web-1" {
 			return fmt.Errorf("catalog web = %v, %v", cs, err)
@@ -127,7 +128,7 @@ func TestRegisterDeregister(t *testing.T) {
 		if err := client.Agent().ServiceDeregister(id); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 10*time.Second, func() error {
+		meshtest.Eventually(t, 10*time.Second, "the refresher to register "+id+" again", func() error {
 			s, _, err := client.Agent().Service(id, nil)
 			if err != nil {
 				return err
@@ -149,7 +150,7 @@ func TestRegisterDeregister(t *testing.T) {
 	if len(svcs) != 0 {
 		t.Errorf("after Deregister the agent has %v", svcs)
 	}
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "the services to leave the catalog", func() error {
 		for _, name := range []string{"web", "web-sidecar-proxy"} {
 			cs, _, err := client.Catalog().Service(name, "", nil)
 			if err != nil || len(cs) != 0 {
@@ -158,8 +159,10 @@ func TestRegisterDeregister(t *testing.T) {
 		}
 		return nil
 	})
-	// The refresher is gone: nothing comes back.
-	time.Sleep(time.Second)
+	// The refresher is gone: nothing comes back. The wait guards against a
+	// refresher still running: it would register again every TTL/3
+	// (500ms), so two Quiet periods see at least one of its rounds.
+	time.Sleep(2 * meshtest.Quiet)
 	if svcs, _ := client.Agent().Services(); len(svcs) != 0 {
 		t.Errorf("registrations came back after Deregister: %v", svcs)
 	}
@@ -268,7 +271,7 @@ func TestRegisterUnknownTTL(t *testing.T) {
 	if err := r.Register(context.Background(), testInstance(21000)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() error {
+	meshtest.Eventually(t, 5*time.Second, "the refresher's registrations", func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if registers < 4 { // 2 by Register, 2 by the refresher

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/discovery/consul/consultest"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // The tests in this file run against a real Consul agent.
@@ -128,7 +129,7 @@ func TestWatchTagsAndDatacenter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() error {
+	meshtest.Eventually(t, 5*time.Second, "the retries against an unknown datacenter", func() error {
 		if src.Healthy() || src.LastError() == nil {
 			return errors.New("source still healthy")
 		}
@@ -181,7 +182,7 @@ func TestWatchAgentRestart(t *testing.T) {
 	recv(t, ch, 10*time.Second, id, with(id, 3))
 
 	agent.Stop()
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "the source to notice the agent is down", func() error {
 		if src.Healthy() || src.LastError() == nil {
 			return errors.New("source still healthy with the agent stopped")
 		}
@@ -196,7 +197,7 @@ func TestWatchAgentRestart(t *testing.T) {
 	agent.Restart()
 	// The refresher notices that the new agent does not know the sidecar
 	// and registers both again, without being asked.
-	eventually(t, 15*time.Second, func() error {
+	meshtest.Eventually(t, 15*time.Second, "the refresher to register again", func() error {
 		svcs, err := client.Agent().Services()
 		if err != nil {
 			return err
@@ -271,7 +272,7 @@ func TestWatchSkipsUnchanged(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	meshtest.Eventually(t, 10*time.Second, "the blocking query to wake up", func() error {
 		if n := tr.n.Load(); n <= before {
 			return errors.New("the blocking query did not wake up")
 		}

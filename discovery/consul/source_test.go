@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // fakeConsul answers health queries from a script, one answer per query,
@@ -144,7 +145,7 @@ func TestWatchIndexHandling(t *testing.T) {
 	if !slices.Equal(ids(second), []string{"a", "b"}) {
 		t.Errorf("second snapshot = %v, want [a b] (sorted)", ids(second))
 	}
-	eventually(t, 5*time.Second, func() error {
+	meshtest.Eventually(t, 5*time.Second, "the whole script of queries", func() error {
 		if idx, _, _ := f.seen(); len(idx) < 8 {
 			return fmt.Errorf("%d queries so far", len(idx))
 		}
@@ -220,7 +221,7 @@ func TestWatchSlowReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Nobody reads until the loop has gone through the whole script.
-	eventually(t, 5*time.Second, func() error {
+	meshtest.Eventually(t, 5*time.Second, "the loop to run through the script", func() error {
 		if idx, _, _ := f.seen(); len(idx) < 4 {
 			return fmt.Errorf("%d queries", len(idx))
 		}

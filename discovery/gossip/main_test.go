@@ -1,9 +1,11 @@
 package gossip
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,17 +48,37 @@ func (c *fakeClock) Add(d time.Duration) time.Time {
 	return c.t
 }
 
-// waitFor polls cond every 20ms until it holds or timeout passes, and
-// returns how long it took.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+// countingLogger is testLogger that also counts the records whose message
+// is msg, at every level (the pool logs most of them at debug level).
+func countingLogger(msg string) (*slog.Logger, *atomic.Int64) {
+	n := &atomic.Int64{}
+	return slog.New(countingHandler{inner: testLogger().Handler(), msg: msg, n: n}), n
+}
+
+type countingHandler struct {
+	inner slog.Handler
+	msg   string
+	n     *atomic.Int64
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
 	}
-	return time.Since(start)
+	if !h.inner.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.inner.Handle(ctx, r)
+}
+
+func (h countingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	h.inner = h.inner.WithAttrs(attrs)
+	return h
+}
+
+func (h countingHandler) WithGroup(name string) slog.Handler {
+	h.inner = h.inner.WithGroup(name)
+	return h
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 var testKey = bytes.Repeat([]byte{0x5e}, 32)
@@ -134,26 +135,6 @@ func logOnFailure(t *testing.T, pools ...*Pool) {
 	})
 }
 
-// freePort returns a loopback port that is free for both TCP and UDP.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
 func TestThreeMembers(t *testing.T) {
 	a := startPool(t, testConfig("a"))
 	b := startPool(t, testConfig("b", a.Addr()))
@@ -177,7 +158,7 @@ func TestThreeMembers(t *testing.T) {
 		watches[i] = ch
 	}
 	all := []string{"a-1", "b-1", "c-1"}
-	took := waitFor(t, 10*time.Second, "every member to see all 3 instances", func() bool {
+	took := meshtest.WaitFor(t, 10*time.Second, "every member to see all 3 instances", func() bool {
 		for i := range pools {
 			snaps[i] = latest(watches[i], snaps[i])
 			if !slices.Equal(snapshotIDs(snaps[i]), all) {
@@ -202,7 +183,7 @@ func TestThreeMembers(t *testing.T) {
 	heavy := testInstance("b-1", 9002)
 	heavy.Weight = 5
 	publish(t, b, heavy, true)
-	took = waitFor(t, 5*time.Second, "the new weight", func() bool {
+	took = meshtest.WaitFor(t, 5*time.Second, "the new weight", func() bool {
 		ea, _ := endpoint(a, "b-1")
 		ec, _ := endpoint(c, "b-1")
 		return ea.Weight == 5 && ec.Weight == 5
@@ -211,14 +192,14 @@ func TestThreeMembers(t *testing.T) {
 
 	// So does a health flip, both ways.
 	publish(t, b, heavy, false)
-	took = waitFor(t, 5*time.Second, "the unhealthy instance to be left out", allSee(pools, "a-1", "c-1"))
+	took = meshtest.WaitFor(t, 5*time.Second, "the unhealthy instance to be left out", allSee(pools, "a-1", "c-1"))
 	t.Logf("health flip seen everywhere in %v", took)
 	publish(t, b, heavy, true)
-	waitFor(t, 5*time.Second, "the instance to come back", allSee(pools, all...))
+	meshtest.WaitFor(t, 5*time.Second, "the instance to come back", allSee(pools, all...))
 
 	// Withdraw; only the publisher may.
 	publish(t, c, testInstance("c-2", 9100), true)
-	waitFor(t, 5*time.Second, "c-2", allSee(pools, "a-1", "b-1", "c-1", "c-2"))
+	meshtest.WaitFor(t, 5*time.Second, "c-2", allSee(pools, "a-1", "b-1", "c-1", "c-2"))
 	if err := a.Withdraw("c-2"); err == nil || !strings.Contains(err.Error(), "published by c") {
 		t.Fatalf("withdrawing another member's instance: %v", err)
 	}
@@ -228,14 +209,14 @@ func TestThreeMembers(t *testing.T) {
 	if err := c.Withdraw("c-2"); err != nil {
 		t.Fatalf("second withdraw: %v", err)
 	}
-	waitFor(t, 5*time.Second, "c-2 to be withdrawn", allSee(pools, all...))
+	meshtest.WaitFor(t, 5*time.Second, "c-2 to be withdrawn", allSee(pools, all...))
 
 	// Graceful leave: the others drop c's instance as soon as they hear.
 	start := time.Now()
 	if err := c.Leave(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "c's instance to disappear after Leave", allSee(pools[:2], "a-1", "b-1"))
+	meshtest.WaitFor(t, 5*time.Second, "c's instance to disappear after Leave", allSee(pools[:2], "a-1", "b-1"))
 	t.Logf("graceful leave seen by every member in %v", time.Since(start))
 	if s := memberState(a, "c"); s != "left" {
 		t.Errorf("a sees c as %s, want left", s)
@@ -249,7 +230,7 @@ func TestThreeMembers(t *testing.T) {
 	if err := b.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "b's instance to disappear after a kill", sees(a, "a-1"))
+	meshtest.WaitFor(t, 30*time.Second, "b's instance to disappear after a kill", sees(a, "a-1"))
 	t.Logf("killed member dropped after %v (failure detection)", time.Since(start))
 	if s := memberState(a, "b"); s != "dead" {
 		t.Errorf("a sees b as %s, want dead", s)
@@ -285,7 +266,7 @@ func TestWatchSemantics(t *testing.T) {
 		publish(t, p, inst, true)
 	}
 	var got discovery.Snapshot
-	waitFor(t, 5*time.Second, "the newest snapshot", func() bool {
+	meshtest.WaitFor(t, 5*time.Second, "the newest snapshot", func() bool {
 		got = latest(ch, got)
 		return len(got.Endpoints) == 1 && got.Endpoints[0].Weight == 20
 	})
@@ -298,15 +279,15 @@ func TestWatchSemantics(t *testing.T) {
 	inst := testInstance("solo-1", 9000)
 	inst.Weight = 20
 	publish(t, p, inst, true)
-	time.Sleep(100 * time.Millisecond)
+	// Quiet guards against a snapshot for the unchanged republish.
 	select {
 	case s := <-ch:
 		t.Fatalf("snapshot without a change: %+v", s)
-	default:
+	case <-time.After(meshtest.Quiet):
 	}
 
 	cancel()
-	waitFor(t, 5*time.Second, "the channel to close", func() bool {
+	meshtest.WaitFor(t, 5*time.Second, "the channel to close", func() bool {
 		select {
 		case _, ok := <-ch:
 			return !ok
@@ -349,7 +330,7 @@ func TestEncryptionKeepsStrangersOut(t *testing.T) {
 		publish(t, s, testInstance(s.Name()+"-1", 9100), true)
 	}
 
-	waitFor(t, 10*time.Second, "a and b to see each other", allSee([]*Pool{a, b}, "a-1", "b-1"))
+	meshtest.WaitFor(t, 10*time.Second, "a and b to see each other", allSee([]*Pool{a, b}, "a-1", "b-1"))
 	// Give the strangers' join retries time to fail repeatedly.
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
@@ -369,6 +350,8 @@ func TestEncryptionKeepsStrangersOut(t *testing.T) {
 				t.Fatalf("%s sees %v", s.Name(), got)
 			}
 		}
+		// Pacing of the checks, not a wait: the 3s deadline above is the
+		// window in which nothing may happen.
 		time.Sleep(100 * time.Millisecond)
 	}
 }
@@ -376,16 +359,20 @@ func TestEncryptionKeepsStrangersOut(t *testing.T) {
 // TestJoinRetry: the seed is not up when a member starts; the member keeps
 // trying (through a host name) and they converge once the seed starts.
 func TestJoinRetry(t *testing.T) {
-	port := freePort(t)
-	b := startPool(t, testConfig("b", "localhost:"+strconv.Itoa(port)))
+	port := meshtest.FreeUDPAndTCPPort(t)
+	bc := testConfig("b", "localhost:"+strconv.Itoa(port))
+	log, failures := countingLogger("gossip: join failed; retrying")
+	bc.Logger = log
+	b := startPool(t, bc)
 	publish(t, b, testInstance("b-1", 9002), true)
-	time.Sleep(time.Second) // a few failed attempts
+	// The seed starts only once b has failed to join it, and retried.
+	meshtest.WaitFor(t, 5*time.Second, "two failed join attempts", func() bool { return failures.Load() >= 2 })
 
 	seed := testConfig("seed")
 	seed.Bind = "127.0.0.1:" + strconv.Itoa(port)
 	a := startPool(t, seed)
 	publish(t, a, testInstance("a-1", 9001), true)
-	took := waitFor(t, 15*time.Second, "convergence after the seed came up", allSee([]*Pool{a, b}, "a-1", "b-1"))
+	took := meshtest.WaitFor(t, 15*time.Second, "convergence after the seed came up", allSee([]*Pool{a, b}, "a-1", "b-1"))
 	t.Logf("converged %v after the seed started", took)
 }
 
@@ -415,7 +402,7 @@ func TestRestartedNode(t *testing.T) {
 			a := startPool(t, testConfig("a"))
 			c := startPool(t, testConfig("c", a.Addr()))
 			bc := testConfig("b", a.Addr())
-			bc.Bind = "127.0.0.1:" + strconv.Itoa(freePort(t))
+			bc.Bind = "127.0.0.1:" + strconv.Itoa(meshtest.FreeUDPAndTCPPort(t))
 			b := startPool(t, bc)
 			logOnFailure(t, a, c, b)
 			publish(t, a, testInstance("a-1", 9001), true)
@@ -427,7 +414,7 @@ func TestRestartedNode(t *testing.T) {
 				publish(t, b, inst, true)
 			}
 			others := []*Pool{a, c}
-			waitFor(t, 10*time.Second, "the first life of b everywhere", func() bool {
+			meshtest.WaitFor(t, 10*time.Second, "the first life of b everywhere", func() bool {
 				ea, _ := endpoint(a, "b-1")
 				ec, _ := endpoint(c, "b-1")
 				return allSee(others, "a-1", "b-1", "b-old", "c-1")() && ea.Weight == 5 && ec.Weight == 5
@@ -437,7 +424,7 @@ func TestRestartedNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.afterDeath {
-				waitFor(t, 30*time.Second, "the old b to be declared dead", func() bool {
+				meshtest.WaitFor(t, 30*time.Second, "the old b to be declared dead", func() bool {
 					return memberState(a, "b") == "dead" && memberState(c, "b") == "dead" && sees(a, "a-1", "c-1")()
 				})
 			}
@@ -450,7 +437,7 @@ func TestRestartedNode(t *testing.T) {
 				e, ok := endpoint(p, "b-1")
 				return ok && e.Weight == 7 && sees(p, "a-1", "b-1", "c-1")()
 			}
-			waitFor(t, 20*time.Second, "the restarted b's instance everywhere", func() bool {
+			meshtest.WaitFor(t, 20*time.Second, "the restarted b's instance everywhere", func() bool {
 				return newLife(a) && newLife(c) && newLife(b2)
 			})
 			t.Logf("restarted node's instance seen everywhere after %v", time.Since(start))
@@ -539,14 +526,14 @@ func TestDefaults(t *testing.T) {
 func TestStoreAcrossPools(t *testing.T) {
 	a := startPool(t, testConfig("a"))
 	b := startPool(t, testConfig("b", a.Addr()))
-	waitFor(t, 10*time.Second, "a and b to meet", func() bool { return a.NumMembers() == 2 && b.NumMembers() == 2 })
+	meshtest.WaitFor(t, 10*time.Second, "a and b to meet", func() bool { return a.NumMembers() == 2 && b.NumMembers() == 2 })
 
 	signal, cancel := b.Store().Subscribe("sticky/")
 	defer cancel()
 	if err := a.Store().Set("sticky/session-1", []byte("backend-7"), SetOptions{TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	took := waitFor(t, 5*time.Second, "the sticky entry on b", func() bool {
+	took := meshtest.WaitFor(t, 5*time.Second, "the sticky entry on b", func() bool {
 		e, ok := b.Store().Get("sticky/session-1")
 		return ok && string(e.Value) == "backend-7" && e.Owner == "a"
 	})
@@ -563,7 +550,7 @@ func TestStoreAcrossPools(t *testing.T) {
 	if err := a.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "b to see a leave", func() bool { return memberState(b, "a") == "left" })
+	meshtest.WaitFor(t, 5*time.Second, "b to see a leave", func() bool { return memberState(b, "a") == "left" })
 	if e, ok := b.Store().Get("sticky/session-1"); !ok || string(e.Value) != "backend-7" {
 		t.Fatal("the sticky entry did not outlive its writer")
 	}

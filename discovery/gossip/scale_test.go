@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // TestThirtyMembers starts 30 members joining through one seed and logs
@@ -65,7 +67,7 @@ func TestThirtyMembers(t *testing.T) {
 		fmt.Sscanf(p.Name(), "m%d", &i)
 		publish(t, p, testInstance(idOf(i), 9000+i), true)
 	}
-	took := waitFor(t, 30*time.Second, "30 members to see 30 instances", viewOK(pools, want(n)))
+	took := meshtest.WaitFor(t, 30*time.Second, "30 members to see 30 instances", viewOK(pools, want(n)))
 	t.Logf("full view (%d members x %d instances) converged %v after the publishes, %v after the first start",
 		n, n, took, time.Since(start))
 	// Each pool's live-member count when the wait last looked, shown if
@@ -77,7 +79,7 @@ func TestThirtyMembers(t *testing.T) {
 				t.Logf("live members seen by each pool: %v", counts)
 			}
 		}()
-		took = waitFor(t, 20*time.Second, "30 members to know each other", func() bool {
+		took = meshtest.WaitFor(t, 20*time.Second, "30 members to know each other", func() bool {
 			ok := true
 			for _, p := range pools {
 				counts[p.Name()] = p.NumMembers()
@@ -92,7 +94,7 @@ func TestThirtyMembers(t *testing.T) {
 	start = time.Now()
 	late := startPool(t, testConfig(fmt.Sprintf("m%02d", n), seed.Addr()))
 	publish(t, late, testInstance(idOf(n), 9000+n), true)
-	took = waitFor(t, 20*time.Second, "all 30 to see the joiner", viewOK(pools, want(n+1)))
+	took = meshtest.WaitFor(t, 20*time.Second, "all 30 to see the joiner", viewOK(pools, want(n+1)))
 	t.Logf("join seen by all %d members in %v", n, took)
 
 	// It leaves gracefully: time until all 30 drop it.
@@ -101,7 +103,7 @@ func TestThirtyMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	left := time.Now()
-	waitFor(t, 20*time.Second, "all 30 to drop the leaver", viewOK(pools, want(n)))
+	meshtest.WaitFor(t, 20*time.Second, "all 30 to drop the leaver", viewOK(pools, want(n)))
 	t.Logf("graceful leave seen by all %d members %v after calling Leave (which returned after %v)",
 		n, time.Since(start), left.Sub(start))
 
@@ -114,6 +116,6 @@ func TestThirtyMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	rest := pools[:n-1]
-	took = waitFor(t, 45*time.Second, "the other 29 to drop the killed member", viewOK(rest, want(n, vi)))
+	took = meshtest.WaitFor(t, 45*time.Second, "the other 29 to drop the killed member", viewOK(rest, want(n, vi)))
 	t.Logf("killed member dropped by all %d others in %v", n-1, took)
 }

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // fileSerial returns the serial of the first certificate in a PEM file.
@@ -151,7 +153,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	// (nil: either).
 	sees := func(step string, serverSerial, clientSerial *big.Int) {
 		t.Helper()
-		waitFor(t, 10*time.Second, step, func() bool {
+		meshtest.WaitFor(t, 10*time.Second, step, func() bool {
 			s, c, err := get(fresh)
 			return err == nil && (serverSerial == nil || s == serverSerial.Text(16)) &&
 				(clientSerial == nil || c == clientSerial.Text(16))
@@ -160,7 +162,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	rootsAre := func(step string, cas ...*TestCA) {
 		t.Helper()
 		want := pool(cas...)
-		waitFor(t, 10*time.Second, step, func() bool {
+		meshtest.WaitFor(t, 10*time.Second, step, func() bool {
 			return server.Current().Roots.Equal(want) && client.Current().Roots.Equal(want)
 		})
 	}
@@ -181,7 +183,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	rootsAre("both CAs trusted", caA, caB)
 	sees("server leaf from the new CA", writeSlowly(caB, "catalog"), nil)
 	clientSerial := writeSlowly(caB, "web")
-	waitFor(t, 10*time.Second, "client leaf from the new CA loaded", func() bool { return serial(client).Cmp(clientSerial) == 0 })
+	meshtest.WaitFor(t, 10*time.Second, "client leaf from the new CA loaded", func() bool { return serial(client).Cmp(clientSerial) == 0 })
 	sees("client leaf from the new CA", nil, clientSerial)
 	writeFile(t, caFile, caB.CertPEM())
 	rootsAre("old CA dropped", caB)

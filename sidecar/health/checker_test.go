@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 func TestThresholds(t *testing.T) {
@@ -65,7 +67,7 @@ func TestThresholdsNeedConsecutiveResults(t *testing.T) {
 	targets := newTargetList(Target{"a", addr})
 	c := New(fastSettings(Settings{Path: "/"}, 2, 2), targets.get, rec.set, nil)
 	start(t, c)
-	waitFor(t, "10 checks", func() bool { return served.Load() >= 10 })
+	meshtest.WaitFor(t, waitTimeout, "10 checks", func() bool { return served.Load() >= 10 })
 	if f := rec.of("a"); len(f) != 0 {
 		t.Errorf("alternating results flipped the target: %+v", f)
 	}
@@ -95,7 +97,7 @@ func TestTCPReopen(t *testing.T) {
 	targets := newTargetList(Target{"a", addr})
 	c := New(fastSettings(Settings{TCP: true}, 2, 2), targets.get, rec.set, nil)
 	start(t, c)
-	waitFor(t, "TCP checks", func() bool { return accepted.Load() >= 2 })
+	meshtest.WaitFor(t, waitTimeout, "TCP checks", func() bool { return accepted.Load() >= 2 })
 	if f := rec.of("a"); len(f) != 0 {
 		t.Fatalf("listening endpoint flipped: %+v", f)
 	}
@@ -106,7 +108,7 @@ func TestTCPReopen(t *testing.T) {
 	}
 
 	var ln2 net.Listener
-	waitFor(t, "listening again on "+addr, func() bool {
+	meshtest.WaitFor(t, waitTimeout, "listening again on "+addr, func() bool {
 		var err error
 		ln2, err = net.Listen("tcp", addr)
 		return err == nil
@@ -164,7 +166,7 @@ func TestTargetsChange(t *testing.T) {
 	// Its state was dropped: back, it starts healthy, so passing checks
 	// flip nothing.
 	targets.set(Target{"a", a.addr()}, Target{"b", b.addr()}, Target{"c", c.addr()})
-	waitFor(t, "checks of b again", func() bool { return b.count() >= hits+3 })
+	meshtest.WaitFor(t, waitTimeout, "checks of b again", func() bool { return b.count() >= hits+3 })
 	if f := rec.of("b"); len(f) != 1 {
 		t.Errorf("returning target: calls %+v, want none after the first", f)
 	}
@@ -199,7 +201,7 @@ func TestDuplicateIDs(t *testing.T) {
 	targets := newTargetList(Target{"a", good.addr()}, Target{"a", bad.addr()})
 	c := New(fastSettings(Settings{Path: "/"}, 1, 1), targets.get, rec.set, nil)
 	start(t, c)
-	waitFor(t, "checks", func() bool { return good.count() >= 3 })
+	meshtest.WaitFor(t, waitTimeout, "checks", func() bool { return good.count() >= 3 })
 	if n := bad.count(); n != 0 {
 		t.Errorf("second target with a duplicated ID checked %d times", n)
 	}
@@ -216,7 +218,7 @@ func TestCancelStopsChecks(t *testing.T) {
 	s.Timeout = time.Minute
 	c := New(s, targets.get, rec.set, nil)
 	stop := start(t, c)
-	waitFor(t, "a check in flight", func() bool { return u.count() >= 1 })
+	meshtest.WaitFor(t, waitTimeout, "a check in flight", func() bool { return u.count() >= 1 })
 
 	begin := time.Now()
 	stop()
@@ -251,7 +253,7 @@ func TestInFlightBound(t *testing.T) {
 	defer stop()
 	defer close(release)
 
-	waitFor(t, "the in-flight limit", func() bool { return inflight.Load() >= maxInFlight })
+	meshtest.WaitFor(t, waitTimeout, "the in-flight limit", func() bool { return inflight.Load() >= maxInFlight })
 	targets.waitRounds(t, 3)
 	if p := peak.Load(); p != maxInFlight {
 		t.Errorf("%d checks in flight at once, want at most %d", p, maxInFlight)

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // fakeClock replaces timeAfter: waits of a round's length block until the
@@ -56,11 +58,11 @@ func TestSchedule(t *testing.T) {
 
 	// The first round starts at once; each check waits its spread, drawn
 	// from a tenth of the interval.
-	waitFor(t, "the first round's checks", func() bool { return a.count() == 1 && b.count() == 1 && idle(c) })
+	meshtest.WaitFor(t, waitTimeout, "the first round's checks", func() bool { return a.count() == 1 && b.count() == 1 && idle(c) })
 	if got, want := time.Duration(spreadOf.Load()), interval/10; got != want {
 		t.Errorf("spread drawn from [0, %v), want [0, %v)", got, want)
 	}
-	waitFor(t, "the wait for the next round", func() bool { return slices.Contains(clock.recorded(), interval) })
+	meshtest.WaitFor(t, waitTimeout, "the wait for the next round", func() bool { return slices.Contains(clock.recorded(), interval) })
 	waits := clock.recorded()
 	slices.Sort(waits)
 	if want := []time.Duration{interval/10 - 1, interval/10 - 1, interval}; !slices.Equal(waits, want) {
@@ -72,7 +74,7 @@ func TestSchedule(t *testing.T) {
 
 	// The next round starts when the interval has passed.
 	clock.rounds <- time.Now()
-	waitFor(t, "the second round's checks", func() bool { return a.count() == 2 && b.count() == 2 })
+	meshtest.WaitFor(t, waitTimeout, "the second round's checks", func() bool { return a.count() == 2 && b.count() == 2 })
 	if n := targets.calls.Load(); n != 2 {
 		t.Errorf("targets called %d times after one round timer, want 2", n)
 	}

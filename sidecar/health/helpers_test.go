@@ -11,23 +11,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // waitTimeout bounds every wait in these tests; the checks themselves run
 // every few tens of milliseconds.
 const waitTimeout = 5 * time.Second
-
-// waitFor polls cond until it holds, failing the test after waitTimeout.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
 
 // fastSettings checks every 20ms with the given thresholds.
 func fastSettings(s Settings, healthy, unhealthy int) Settings {
@@ -161,7 +151,7 @@ func (l *targetList) get() []Target {
 func (l *targetList) waitRounds(t *testing.T, n int64) {
 	t.Helper()
 	target := l.calls.Load() + n
-	waitFor(t, "rounds", func() bool { return l.calls.Load() >= target })
+	meshtest.WaitFor(t, waitTimeout, "rounds", func() bool { return l.calls.Load() >= target })
 }
 
 // flip is one setHealthy call.
@@ -206,7 +196,7 @@ func (r *recorder) of(id string) []flip {
 // waitFlips waits until id has had n calls and returns them.
 func (r *recorder) waitFlips(t *testing.T, id string, n int) []flip {
 	t.Helper()
-	waitFor(t, "setHealthy calls for "+id, func() bool { return len(r.of(id)) >= n })
+	meshtest.WaitFor(t, waitTimeout, "setHealthy calls for "+id, func() bool { return len(r.of(id)) >= n })
 	return r.of(id)
 }
 

@@ -88,15 +88,3 @@ func (p *Proxy) Stop() {
 		<-p.exited
 	}
 }
-
-// FreePort returns a loopback TCP port that is free at the time of the
-// call, for a listener of a process the test starts. It fails the test if
-// there is none.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	ports, err := freePorts(1)
-	if err != nil {
-		t.Fatalf("consultest: %v", err)
-	}
-	return ports[0]
-}
