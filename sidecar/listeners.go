@@ -73,7 +73,7 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 	}
 	serve := func(r pipeline.Router) *listener.Server {
 		return listener.NewHTTP(pipeline.NewListener(pipeline.ListenerOptions{
-			Name: spec.role, Router: r, Observer: pipeline.Telemetry(s.tel),
+			Name: spec.role, Router: r, Observer: pipeline.Telemetry(s.tel), BodyTimeout: spec.opts.BodyTimeout,
 		}), httpOpts)
 	}
 	var srv *listener.Server

@@ -37,18 +37,32 @@ type routeTable struct {
 func (s *Sidecar) newRouteTable(cfg *config.Config, ups map[string]*upstream, local *upstream) *routeTable {
 	t := newRouteTable(ups, local)
 	fwd := &proxy.Forwarded{Trusted: cfg.TrustedPrefixes()}
+	out := &proxy.Hygiene{Underscores: underscorePolicy(cfg.Outbound.HeadersWithUnderscores)}
+	in := &proxy.Hygiene{Underscores: underscorePolicy(cfg.Inbound.HeadersWithUnderscores)}
 	for name, u := range ups {
 		if u.proxy != nil {
 			t.outbound[name] = &pipeline.Route{Name: name, Service: name,
-				Handler: pipeline.Chain(u.proxy, proxy.Hygiene, proxy.RequestID, fwd)}
+				Handler: pipeline.Chain(u.proxy, out, proxy.RequestID, fwd)}
 		}
 	}
-	t.noRoute.Handler = pipeline.Chain(t.noRoute.Handler, proxy.Hygiene, proxy.RequestID, fwd)
+	t.noRoute.Handler = pipeline.Chain(t.noRoute.Handler, out, proxy.RequestID, fwd)
 	if local != nil && local.proxy != nil {
 		t.inbound = &pipeline.Route{Name: local.cfg.Service, Service: local.cfg.Service,
-			Handler: pipeline.Chain(local.proxy, proxy.Hygiene, proxy.RequestID, fwd, s.security.Filter())}
+			Handler: pipeline.Chain(local.proxy, in, proxy.RequestID, fwd, s.security.Filter())}
 	}
 	return t
+}
+
+// underscorePolicy turns a listener's headers_with_underscores into
+// Hygiene's policy.
+func underscorePolicy(v string) proxy.UnderscorePolicy {
+	switch v {
+	case config.UnderscoresReject:
+		return proxy.RejectUnderscores
+	case config.UnderscoresAllow:
+		return proxy.AllowUnderscores
+	}
+	return proxy.DropUnderscores
 }
 
 // newRouteTable returns a table of ups and local with no chains but the

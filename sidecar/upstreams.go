@@ -163,11 +163,12 @@ func logEvent(log *slog.Logger, ev balancer.Event) {
 // retryPolicy turns the retries section into the proxy's policy.
 func retryPolicy(r config.Retries) proxy.RetryPolicy {
 	p := proxy.RetryPolicy{
-		Attempts:      r.Attempts,
-		PerTryTimeout: r.PerTryTimeout,
-		NonIdempotent: r.NonIdempotent,
-		BufferBytes:   r.BufferBytes,
-		Backoff:       r.Backoff,
+		Attempts:       r.Attempts,
+		PerTryTimeout:  r.PerTryTimeout,
+		NonIdempotent:  r.NonIdempotent,
+		RetryForwarded: r.RetryForwarded,
+		BufferBytes:    r.BufferBytes,
+		Backoff:        r.Backoff,
 	}
 	for _, cond := range r.On {
 		switch cond {

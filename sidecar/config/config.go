@@ -104,7 +104,24 @@ type Listener struct {
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// MaxHeaderBytes bounds the size of request headers. Default 65536.
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// BodyTimeout is the longest a request body may go without a byte
+	// arriving; a body that stalls longer is answered 408 and its
+	// connection closed. gRPC calls and WebSocket connections are exempt.
+	// Default 30s; 0s disables.
+	BodyTimeout time.Duration `yaml:"body_timeout"`
+	// HeadersWithUnderscores says what happens to request headers whose
+	// name has an underscore, which CGI and WSGI apps read as the same
+	// header as its dashed twin: drop (the default), reject (400) or
+	// allow.
+	HeadersWithUnderscores string `yaml:"headers_with_underscores"`
 }
+
+// What Listener.HeadersWithUnderscores accepts.
+const (
+	UnderscoresDrop   = "drop"
+	UnderscoresReject = "reject"
+	UnderscoresAllow  = "allow"
+)
 
 // Upstream is a service the local app calls through the sidecar.
 type Upstream struct {
@@ -205,6 +222,7 @@ const (
 	DefaultReadHeaderTimeout  = 10 * time.Second
 	DefaultIdleTimeout        = 120 * time.Second
 	DefaultMaxHeaderBytes     = 64 << 10
+	DefaultBodyTimeout        = 30 * time.Second
 	DefaultUpstreamTimeout    = 15 * time.Second
 	DefaultConnectTimeout     = 2 * time.Second
 	DefaultPoolIdleTimeout    = 90 * time.Second
@@ -243,6 +261,9 @@ func defaultListener(addr string) Listener {
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
+		BodyTimeout:       DefaultBodyTimeout,
+
+		HeadersWithUnderscores: UnderscoresDrop,
 	}
 }
 

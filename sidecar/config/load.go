@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -58,7 +59,9 @@ func (d *decoder) decodeFile(data []byte, c *Config) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
-		if !errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) {
+			d.empty()
+		} else {
 			d.syntaxError(err)
 		}
 		return
@@ -70,9 +73,18 @@ func (d *decoder) decodeFile(data []byte, c *Config) {
 	case !errors.Is(err, io.EOF):
 		d.syntaxError(err)
 	}
-	if len(doc.Content) == 1 {
-		d.decode(doc.Content[0], reflect.ValueOf(c).Elem(), "")
+	if len(doc.Content) != 1 || doc.Content[0].Kind == yaml.ScalarNode && doc.Content[0].Tag == "!!null" {
+		d.empty()
+		return
 	}
+	d.decode(doc.Content[0], reflect.ValueOf(c).Elem(), "")
+}
+
+// empty records that the file holds no config. An empty file is what a
+// writer that truncates before it writes leaves for a moment; applied on
+// reload, it would drop every listener and upstream.
+func (d *decoder) empty() {
+	d.errorf(Position{Line: 1, Column: 1}, "", "the file is empty: a config needs at least a service or an upstream")
 }
 
 // syntaxError records an error from the YAML parser, taking the line from
@@ -112,6 +124,13 @@ func (c *Config) resolveDefaults() {
 		u.IdleTimeout = DefaultPoolIdleTimeout
 		if u.Protocol == ProtocolTCP {
 			u.IdleTimeout = DefaultTCPIdleTimeout
+		}
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if _, set := c.positions[fmt.Sprintf("upstreams[%d].retries.per_try_timeout", i)]; !set && u.Retries.Attempts > 0 && u.Timeout > 0 && u.Protocol != ProtocolTCP {
+			// The upstream's timeout shared among the tries.
+			u.Retries.PerTryTimeout = u.Timeout / time.Duration(u.Retries.Attempts+1)
 		}
 	}
 }

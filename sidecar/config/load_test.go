@@ -157,6 +157,9 @@ upstreams:
 	}
 	want.Upstreams[1].Listen = "127.0.0.1:5432"
 	want.Upstreams[2].Timeout = 0
+	// With retries on, the timeout is shared among the tries; tcp has no
+	// tries, and no timeout leaves nothing to share.
+	want.Upstreams[0].Retries.PerTryTimeout = DefaultUpstreamTimeout / 3
 
 	got := *c
 	got.file, got.positions = "", nil
@@ -169,12 +172,34 @@ upstreams:
 	}
 }
 
+// TestParseEmpty: an empty file is refused (a writer that truncates
+// before writing leaves one for a moment; a reload must not apply it).
 func TestParseEmpty(t *testing.T) {
-	for _, data := range []string{"", "# nothing\n", "---\n", "~\n"} {
-		got := *mustParse(t, data)
-		got.file, got.positions = "", nil
-		if !reflect.DeepEqual(&got, Default()) {
-			t.Errorf("Parse(%q) = %+v, want Default()", data, &got)
+	for _, data := range []string{"", "# nothing\n", "---\n", "~\n", "  \n\n"} {
+		_, err := Parse("empty.yaml", []byte(data))
+		if err == nil || err.Error() != "empty.yaml:1:1: the file is empty: a config needs at least a service or an upstream" {
+			t.Errorf("Parse(%q) = %v, want the empty-file error", data, err)
+		}
+	}
+}
+
+// TestPerTryTimeoutDefault: the per-try timeout shares the upstream's
+// timeout among the tries unless it is written, 0s included.
+func TestPerTryTimeoutDefault(t *testing.T) {
+	for _, tc := range []struct {
+		upstream string
+		want     time.Duration
+	}{
+		{"{ service: a, endpoints: [{ address: 127.0.0.1:1 }] }", 5 * time.Second},
+		{"{ service: a, timeout: 9s, retries: { attempts: 1 }, endpoints: [{ address: 127.0.0.1:1 }] }", 4500 * time.Millisecond},
+		{"{ service: a, retries: { attempts: 0 }, endpoints: [{ address: 127.0.0.1:1 }] }", 0},
+		{"{ service: a, retries: { per_try_timeout: 0s }, endpoints: [{ address: 127.0.0.1:1 }] }", 0},
+		{"{ service: a, retries: { per_try_timeout: 2s }, endpoints: [{ address: 127.0.0.1:1 }] }", 2 * time.Second},
+		{"{ service: a, timeout: 0s, endpoints: [{ address: 127.0.0.1:1 }] }", 0},
+	} {
+		c := mustParse(t, "upstreams: ["+tc.upstream+"]\n")
+		if got := c.Upstreams[0].Retries.PerTryTimeout; got != tc.want {
+			t.Errorf("%s: per_try_timeout %v, want %v", tc.upstream, got, tc.want)
 		}
 	}
 }

@@ -89,15 +89,24 @@ type Retries struct {
 	// 0 turns retries off.
 	Attempts int `yaml:"attempts"`
 	// PerTryTimeout bounds each try's wait for response headers; the
-	// upstream's timeout still bounds all tries together. Default 0: only
-	// the upstream timeout applies.
+	// upstream's timeout still bounds all tries together. Default: with
+	// retries on, the upstream's timeout shared among the tries (5s of the
+	// default 15s for 1+2 tries), so that an endpoint that accepts
+	// connections and never answers costs a request a third of its time,
+	// not all of it, and a retry elsewhere fits; with retries off, 0s.
+	// 0s means only the upstream timeout applies.
 	PerTryTimeout time.Duration `yaml:"per_try_timeout"`
 	// On lists what is retried: connect_failure, reset, timeout (a per-try
 	// timeout), 5xx, gateway_error (502, 503, 504) or a status code.
-	// Default [connect_failure, reset, 503]. Only idempotent methods are
-	// retried (unless NonIdempotent), except after a connect failure, when
-	// nothing was sent.
+	// Default [connect_failure, reset, timeout, 503]. Only idempotent
+	// methods are retried (unless NonIdempotent), except after a connect
+	// failure, when nothing was sent.
 	On []string `yaml:"on"`
+	// RetryForwarded retries requests that another sidecar forwarded (they
+	// carry X-Sidemesh-Attempt): that sidecar retries already, and
+	// retrying at every hop multiplies load on a failing service (two hops
+	// of three tries each make nine). Default false.
+	RetryForwarded bool `yaml:"retry_forwarded"`
 	// NonIdempotent allows retrying POST, PATCH and other non-idempotent
 	// methods. Default false.
 	NonIdempotent bool `yaml:"non_idempotent"`
@@ -155,7 +164,7 @@ func defaultHealthCheck() HealthCheck {
 func defaultRetries() Retries {
 	return Retries{
 		Attempts:            2,
-		On:                  []string{RetryConnectFailure, RetryReset, "503"},
+		On:                  []string{RetryConnectFailure, RetryReset, RetryTimeout, "503"},
 		Budget:              0.2,
 		MinRetriesPerSecond: 10,
 		BufferBytes:         64 << 10,

@@ -179,6 +179,11 @@ func (v *validator) security(c *Config) {
 	if len(p.Rules) > 0 && !c.TLS.Enabled() {
 		v.errorf("policy.rules", "rules need mutual TLS (a tls section): without it no caller has an identity")
 	}
+	if p.Default == "deny" && !c.TLS.Enabled() {
+		// Without identities nothing could be enforced: the sidecar would
+		// let every request through while the file says deny.
+		v.errorf("policy.default", "deny needs mutual TLS (a tls section): without it no caller has an identity and every request would be let through")
+	}
 	if p.ConsulIntentions != nil && *p.ConsulIntentions && c.Discovery.Consul == nil {
 		v.errorf("policy.consul_intentions", "needs a discovery.consul section")
 	}

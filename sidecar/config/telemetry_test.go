@@ -21,7 +21,7 @@ telemetry:
 	if c.Telemetry.AccessLog != "/var/log/sidemesh/access.log" {
 		t.Errorf("access_log = %q", c.Telemetry.AccessLog)
 	}
-	if d := mustParse(t, ``); d.Telemetry.Tracing != nil || d.Telemetry.Metrics != nil || d.Telemetry.AccessLog != AccessLogOff {
+	if d := mustParse(t, "outbound: {}\n"); d.Telemetry.Tracing != nil || d.Telemetry.Metrics != nil || d.Telemetry.AccessLog != AccessLogOff {
 		t.Errorf("defaults = %+v", d.Telemetry)
 	}
 }

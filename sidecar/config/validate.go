@@ -127,6 +127,8 @@ func (v *validator) listener(path string, l *Listener, binds bool) {
 	v.listen(path+".listen", l.Listen, binds)
 	v.nonNegative(path+".read_header_timeout", l.ReadHeaderTimeout)
 	v.nonNegative(path+".idle_timeout", l.IdleTimeout)
+	v.nonNegative(path+".body_timeout", l.BodyTimeout)
+	v.oneOf(path+".headers_with_underscores", "action", l.HeadersWithUnderscores, []string{UnderscoresDrop, UnderscoresReject, UnderscoresAllow})
 	if l.MaxHeaderBytes < minHeaderBytes || l.MaxHeaderBytes > maxHeaderBytes {
 		v.errorf(path+".max_header_bytes", "must be between %d and %d, got %d", minHeaderBytes, maxHeaderBytes, l.MaxHeaderBytes)
 	}

@@ -58,6 +58,9 @@ type Server struct {
 	conns        atomic.Int64
 	connsChanged chan struct{}
 	served       chan struct{}
+	// draining is set when Shutdown begins: every response from then on
+	// closes its connection.
+	draining atomic.Bool
 	// tlsConfig terminates TLS for a TCP server (HTTP servers keep theirs
 	// in http.Server.TLSConfig).
 	tlsConfig *tls.Config
@@ -90,6 +93,10 @@ func NewHTTP(h http.Handler, o HTTPOptions) *Server {
 	tracked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.active.Add(1)
 		defer s.active.Done()
+		closeIfAmbiguous(w, r)
+		if s.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
 		h.ServeHTTP(w, r)
 	})
 	var p http.Protocols
@@ -113,6 +120,7 @@ func NewHTTP(h http.Handler, o HTTPOptions) *Server {
 		},
 		ErrorLog:    slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 		BaseContext: func(net.Listener) context.Context { return s.hard },
+		ConnContext: connContext,
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
@@ -154,7 +162,7 @@ func (s *Server) Serve(sock *Socket) {
 		case s.http != nil && s.http.TLSConfig != nil:
 			err = s.http.ServeTLS(s.handoff, "", "")
 		case s.http != nil:
-			err = s.http.Serve(s.handoff)
+			err = s.http.Serve(framingListener{s.handoff})
 		case s.tlsConfig != nil:
 			err = s.tcp.Serve(tls.NewListener(s.handoff, s.tlsConfig))
 		default:
@@ -172,11 +180,13 @@ func (s *Server) Serve(sock *Socket) {
 //
 // http.Server.Shutdown alone would drop requests: a keep-alive connection
 // whose next request is read after Shutdown starts is closed without an
-// answer (net/http checks shuttingDown after reading). So HTTP/1 is
-// drained first: keep-alives are turned off, which closes idle
-// connections and makes every response close its connection, and the
-// server waits a quiet period for connections to go. Shutdown then sends
-// HTTP/2 GOAWAY and waits for what remains.
+// answer (net/http checks shuttingDown after reading), and closing an idle
+// connection races with a client that is sending on it (a POST lost to a
+// reload). So HTTP/1 is drained first: for a quiet period every response
+// says "Connection: close" and idle connections stay open, so a client
+// that sends on one gets its answer and moves on; only then are
+// keep-alives turned off, which closes the connections still idle, and
+// Shutdown sends HTTP/2 GOAWAY and waits for what remains.
 func (s *Server) Shutdown(ctx context.Context) {
 	defer s.cancelHard()
 	if s.handoff != nil {
@@ -186,7 +196,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.tcp.Shutdown(ctx)
 		return
 	}
-	s.http.SetKeepAlivesEnabled(false)
+	s.draining.Store(true)
 	quiet := drainQuietPeriod
 	if dl, ok := ctx.Deadline(); ok {
 		quiet = min(quiet, time.Until(dl)/2)
@@ -203,6 +213,7 @@ wait:
 			break wait
 		}
 	}
+	s.http.SetKeepAlivesEnabled(false)
 	if err := s.http.Shutdown(ctx); err != nil {
 		s.http.Close()
 	}

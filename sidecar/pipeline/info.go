@@ -44,6 +44,10 @@ type Info struct {
 	// Err is the error the request was answered with in place of an
 	// upstream response; nil when there was none.
 	Err *Error
+	// BodyErr is set by the listener when the request body could not be
+	// read to its end (malformed, stalled, cut off): a failure of the
+	// client's, after which the connection is closed.
+	BodyErr *BodyError
 
 	// Status, BytesIn and BytesOut are set by the listener when the
 	// exchange is over, for Observer.End: the final status (0 when

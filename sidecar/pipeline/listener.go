@@ -3,9 +3,11 @@ package pipeline
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"time"
 )
 
@@ -50,15 +52,22 @@ type ListenerOptions struct {
 	Renderer Renderer
 	// Observer, when set, watches every exchange.
 	Observer Observer
+	// BodyTimeout is the longest a request body may go without a byte
+	// arriving: a body that stalls longer is cut (BodyError), so a client
+	// cannot hold a connection and a goroutine by sending part of what it
+	// announced. gRPC calls and upgraded connections are exempt (streams
+	// may idle; HTTP/2 pings watch them). Zero means no limit.
+	BodyTimeout time.Duration
 }
 
 // Listener is the http.Handler of one listener: it runs each request
 // through the chain of its route. Safe for concurrent use.
 type Listener struct {
-	name   string
-	router Router
-	render Renderer
-	obs    Observer
+	name        string
+	router      Router
+	render      Renderer
+	obs         Observer
+	bodyTimeout time.Duration
 }
 
 // NewListener returns the handler for o.
@@ -66,7 +75,7 @@ func NewListener(o ListenerOptions) *Listener {
 	if o.Renderer == nil {
 		o.Renderer = Text
 	}
-	return &Listener{name: o.Name, router: o.Router, render: o.Renderer, obs: o.Observer}
+	return &Listener{name: o.Name, router: o.Router, render: o.Renderer, obs: o.Observer, bodyTimeout: o.BodyTimeout}
 }
 
 // exchange is a request's state on a listener, allocated once. It is also
@@ -102,18 +111,51 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if l.obs != nil {
 		ctx = l.obs.Begin(ctx, r, info)
 	}
+	// The chain gets a copy of the request: the server's own keeps its
+	// body, which net/http inspects after the handler to decide whether
+	// the connection can carry another request.
+	r = r.WithContext(ctx)
 	if r.Body != nil && r.Body != http.NoBody {
-		x.body.ReadCloser = r.Body
+		x.body.ReadCloser, x.body.info = r.Body, info
+		if l.bodyTimeout > 0 && !IsGRPC(r) && r.Header.Get("Upgrade") == "" {
+			x.body.rc, x.body.timeout = http.NewResponseController(w), l.bodyTimeout
+		}
 		r.Body = &x.body
 	}
-	r = r.WithContext(ctx)
 	defer l.end(ctx, r, x)
-	if err := route.Handler.ServeHTTP(&x.rw, r); err != nil {
+	err := route.Handler.ServeHTTP(&x.rw, r)
+	if info.BodyErr != nil && err == nil && x.rw.status == 0 {
+		err = info.BodyErr.Answer()
+	}
+	if info.BodyErr != nil {
+		// A body that could not be read to a clean end leaves the
+		// connection at an unknown place in the stream: whatever follows
+		// could be read as a new request (request smuggling). Close it.
+		closeConnection(&x.rw, r)
+	}
+	if err != nil {
 		e := AsError(err)
 		info.Err = e
 		if x.rw.status == 0 {
 			l.render.Render(&x.rw, r, e)
 		}
+	}
+}
+
+// closeConnection makes sure r's HTTP/1 connection carries no further
+// request: "Connection: close" when the response has not started, else
+// the connection is taken over and closed once the response so far is
+// flushed. HTTP/2 needs nothing: each request is its own stream.
+func closeConnection(w *recorder, r *http.Request) {
+	if r.ProtoMajor != 1 {
+		return
+	}
+	if w.status == 0 {
+		w.Header().Set("Connection", "close")
+		return
+	}
+	if conn, _, err := http.NewResponseController(w.ResponseWriter).Hijack(); err == nil {
+		conn.Close()
 	}
 }
 
@@ -187,14 +229,51 @@ func (w *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // Unwrap returns the server's writer, for http.ResponseController.
 func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// countingBody counts the request body bytes read.
+// countingBody counts the request body bytes read, records in Info the
+// error that kept it from being read to its end, and, with a timeout,
+// extends the connection's read deadline before each read.
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n       int64
+	info    *Info
+	rc      *http.ResponseController // nil without a timeout
+	timeout time.Duration
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
+	if b.rc != nil {
+		b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	}
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
+	if err != nil && err != io.EOF && b.info.BodyErr == nil {
+		b.info.BodyErr = &BodyError{Err: err, Timeout: errors.Is(err, os.ErrDeadlineExceeded)}
+	}
 	return n, err
+}
+
+// BodyError is the error that kept a request body from being read to its
+// end: the client sent a malformed body, stopped sending (Timeout), or went
+// away. It is the client's failure, never the endpoint's.
+type BodyError struct {
+	Err     error
+	Timeout bool
+}
+
+func (e *BodyError) Error() string {
+	if e.Timeout {
+		return "request body stalled: " + e.Err.Error()
+	}
+	return "reading the request body: " + e.Err.Error()
+}
+
+func (e *BodyError) Unwrap() error { return e.Err }
+
+// Answer returns the error a request whose body failed is answered with:
+// 408 when the body stalled, else 400.
+func (e *BodyError) Answer() *Error {
+	if e.Timeout {
+		return &Error{Status: http.StatusRequestTimeout, Kind: KindBadRequest, Msg: e.Error(), Err: e}
+	}
+	return &Error{Status: http.StatusBadRequest, Kind: KindBadRequest, Msg: e.Error(), Err: e}
 }

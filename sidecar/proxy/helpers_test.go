@@ -195,7 +195,7 @@ func waitIdle(t testing.TB, b *balancer.Balancer) {
 // chain is the outbound chain the sidecar builds in front of u: Hygiene,
 // the request ID, X-Forwarded-* (kept from trusted peers), the proxy.
 func chain(u *proxy.Upstream, trusted []netip.Prefix) pipeline.Handler {
-	return pipeline.Chain(u, proxy.Hygiene, proxy.RequestID, &proxy.Forwarded{Trusted: trusted})
+	return pipeline.Chain(u, &proxy.Hygiene{}, proxy.RequestID, &proxy.Forwarded{Trusted: trusted})
 }
 
 // routes is a pipeline.Router over service names, the way the outbound

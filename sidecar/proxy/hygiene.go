@@ -19,10 +19,35 @@ import (
 // Upgrade passes only for WebSocket, the one upgrade the proxy splices
 // and understands; any other (h2c, say) is dropped and the request
 // served as a plain HTTP/1.1 request, so no tunnel can carry requests the
-// filters never saw. Safe for concurrent use.
-var Hygiene pipeline.Filter = hygieneFilter{}
+// filters never saw.
+//
+// It also refuses (400 bad_request) a request target with a '#': a
+// fragment is never part of a request target (RFC 9112, section 3.2), and
+// net/http would leave it in the path, where an exact-path rule would not
+// see it. Header names with an underscore are handled as Underscores says.
+// Safe for concurrent use.
+type Hygiene struct {
+	// Underscores says what happens to a request header whose name has an
+	// underscore: X_Sidemesh_Peer_Identity is the identity header to a
+	// CGI or WSGI app (Python's wsgiref, PHP), which maps "-" and "_" to
+	// the same name. The zero value drops such headers, as nginx and
+	// Envoy's headers_with_underscores_action can.
+	Underscores UnderscorePolicy
+}
 
-type hygieneFilter struct{}
+// UnderscorePolicy says what Hygiene does with header names that contain
+// an underscore.
+type UnderscorePolicy int
+
+// Underscore policies.
+const (
+	// DropUnderscores removes the header and passes the request on.
+	DropUnderscores UnderscorePolicy = iota
+	// RejectUnderscores answers 400.
+	RejectUnderscores
+	// AllowUnderscores passes them on.
+	AllowUnderscores
+)
 
 // hopHeaders are removed from every request and response a proxy passes
 // on (canonical form). Upgrade and Connection are handled apart.
@@ -30,8 +55,23 @@ var hopHeaders = [...]string{
 	"Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Transfer-Encoding",
 }
 
-func (hygieneFilter) Serve(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
+// Serve implements pipeline.Filter.
+func (f *Hygiene) Serve(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
+	if strings.IndexByte(r.RequestURI, '#') >= 0 {
+		return pipeline.Errorf(http.StatusBadRequest, pipeline.KindBadRequest, "a request target cannot hold a fragment ('#')")
+	}
 	h := r.Header
+	if f.Underscores != AllowUnderscores {
+		for k := range h {
+			if strings.IndexByte(k, '_') < 0 {
+				continue
+			}
+			if f.Underscores == RejectUnderscores {
+				return pipeline.Errorf(http.StatusBadRequest, pipeline.KindBadRequest, "header %q has an underscore in its name", k)
+			}
+			delete(h, k)
+		}
+	}
 	websocket := false
 	if conn := h["Connection"]; conn != nil {
 		for _, v := range conn {
@@ -64,6 +104,8 @@ func (hygieneFilter) Serve(w http.ResponseWriter, r *http.Request, next pipeline
 	}
 	return next.ServeHTTP(w, r)
 }
+
+var _ pipeline.Filter = (*Hygiene)(nil)
 
 // isUpgrade reports whether a request asks to switch protocols. Behind
 // Hygiene, only WebSocket upgrades are left.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -39,7 +40,30 @@ type RetryPolicy struct {
 	Backoff time.Duration
 	// Budget, when set, caps retries to a share of recent requests.
 	Budget *RetryBudget
+	// RetryForwarded retries requests that another sidecar forwarded
+	// (they carry X-Sidemesh-Attempt). Off, such a request is tried once:
+	// the sidecar before retries already, and retrying at every hop
+	// multiplies the load on a failing service.
+	RetryForwarded bool
 }
+
+// headerAttempt names the header on every try a retrying upstream sends:
+// the try's number, 1 for the first. The next hop reads it as "a sidecar
+// that retries forwarded this" and the app as which attempt it sees.
+const headerAttempt = "X-Sidemesh-Attempt"
+
+// attemptValues are the X-Sidemesh-Attempt values, shared so that setting
+// one allocates nothing.
+var attemptValues = func() [maxAttempts + 1][]string {
+	var vs [maxAttempts + 1][]string
+	for i := range vs {
+		vs[i] = []string{strconv.Itoa(i + 1)}
+	}
+	return vs
+}()
+
+// maxAttempts bounds RetryPolicy.Attempts (the config allows 10).
+const maxAttempts = 10
 
 // StatusSet is a set of HTTP statuses (100-599). The zero value is empty.
 type StatusSet [10]uint64

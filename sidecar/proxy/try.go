@@ -27,6 +27,9 @@ type tries struct {
 	body   *replayBody
 	br     balancer.Request
 	info   *pipeline.Info
+	// attempts is how many retries this request may have: the policy's,
+	// or none for a request a retrying sidecar forwarded.
+	attempts int
 }
 
 // errPerTryTimeout is the cancellation cause when a try's own timeout
@@ -59,6 +62,9 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 		out.URL = &url
 	}
 	out.URL.Host = ep
+	if x.attempts > 0 {
+		out.Header[headerAttempt] = attemptValues[min(attempt, maxAttempts)]
+	}
 	x.body.prepare(out)
 
 	tctx := x.ctx
@@ -82,13 +88,20 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 	latency := time.Since(start)
 
 	if err != nil {
+		if be := x.info.BodyErr; be != nil {
+			// The client's body failed (malformed, stalled, cut off): its
+			// failure, not the endpoint's, and nothing to retry.
+			pick.Done(balancer.Result{Err: err, Latency: latency, Local: true})
+			try.End(0, string(pipeline.KindBadRequest))
+			return nil, false, be.Answer()
+		}
 		kind := classify(tctx, err)
 		// A client that hung up abandoned the try: it says nothing about
 		// the endpoint.
 		clientGone := x.req.Context().Err() != nil
 		pick.Done(balancer.Result{Err: err, Latency: latency, Local: clientGone})
 		try.End(0, string(kind))
-		if u.shouldRetry(x.ctx, x.req, x.body, attempt, kind, 0) {
+		if u.shouldRetry(x.ctx, x.req, x.body, attempt, x.attempts, kind, 0) {
 			return nil, true, nil
 		}
 		return nil, false, upstreamError(kind, u.name, ep, err)
@@ -114,7 +127,7 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 		resp.Body = &upgradedBody{ReadWriteCloser: rwc, end: exchangeEnd{done: pick.Done, res: res, cancel: x.cancel, try: try}}
 		return resp, false, nil
 	}
-	if p.Statuses.Has(resp.StatusCode) && u.shouldRetry(x.ctx, x.req, x.body, attempt, "", resp.StatusCode) {
+	if p.Statuses.Has(resp.StatusCode) && u.shouldRetry(x.ctx, x.req, x.body, attempt, x.attempts, "", resp.StatusCode) {
 		// Read a little of the body so the connection can be reused,
 		// then drop the response for the next try.
 		io.CopyN(io.Discard, resp.Body, 4<<10)
@@ -132,9 +145,9 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 // attempt left, a condition the policy retries, a method that may be
 // repeated (any method after a connect failure: nothing was sent), a body
 // that can be sent again, time left, and the budget's consent.
-func (u *Upstream) shouldRetry(ctx context.Context, req *http.Request, body *replayBody, attempt int, kind pipeline.Kind, status int) bool {
+func (u *Upstream) shouldRetry(ctx context.Context, req *http.Request, body *replayBody, attempt, attempts int, kind pipeline.Kind, status int) bool {
 	p := &u.retry
-	if attempt >= p.Attempts || ctx.Err() != nil {
+	if attempt >= attempts || ctx.Err() != nil {
 		return false
 	}
 	switch {

@@ -180,6 +180,14 @@ func (u *Upstream) rewrite(pr *httputil.ProxyRequest) {
 // handleError records why the request got no upstream response, for
 // ServeHTTP to return. httputil.ReverseProxy calls it synchronously.
 func (u *Upstream) handleError(w http.ResponseWriter, r *http.Request, err error) {
+	info := pipeline.InfoFrom(r.Context())
+	if info != nil && info.BodyErr != nil {
+		// The client's body failed; net/http may have cancelled the
+		// request's context for it, but the client is still there.
+		u.log.Debug("request body failed", "upstream", u.name, "err", info.BodyErr)
+		info.Err = info.BodyErr.Answer()
+		return
+	}
 	if r.Context().Err() != nil {
 		// The client hung up: nobody is left to answer, and it is not the
 		// upstream's fault.
@@ -192,7 +200,7 @@ func (u *Upstream) handleError(w http.ResponseWriter, r *http.Request, err error
 		e = upstreamError(classify(r.Context(), err), u.name, "", err)
 	}
 	u.log.Warn("proxy error", "upstream", u.name, "kind", string(e.Kind), "method", r.Method, "path", r.URL.Path, "err", e.Msg)
-	if info := pipeline.InfoFrom(r.Context()); info != nil {
+	if info != nil {
 		info.Err = e
 	}
 }
@@ -239,8 +247,15 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		x.rt = u.upgrade
 		req.URL.Scheme = u.upgradeScheme
 	}
+	x.attempts = u.retry.Attempts
+	if x.attempts > 0 && !u.retry.RetryForwarded && req.Header[headerAttempt] != nil {
+		x.attempts = 0 // a sidecar before this one retries already
+	}
 	body, err := newReplayBody(req, &u.retry)
 	if err != nil {
+		if be := x.info.BodyErr; be != nil {
+			return nil, be.Answer()
+		}
 		return nil, upstreamError(pipeline.KindProtocol, u.name, "", fmt.Errorf("reading request body: %w", err))
 	}
 	x.body = body

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 
@@ -161,6 +162,9 @@ func (s *Security) Compatible(cfg *config.Config) error {
 	if s != nil {
 		now = s.cfg
 	}
+	if now == nil && !cfg.TLS.Enabled() {
+		return nil // off before and after, whether or not written out
+	}
 	if !reflect.DeepEqual(now, cfg.TLS) {
 		return errors.New("the tls section changed; restart sidemesh to apply it")
 	}
@@ -246,7 +250,15 @@ func (a authorizer) Serve(w http.ResponseWriter, r *http.Request, next pipeline.
 	}
 	peerID := peer.String()
 	info.Peer = peerID
-	path, err := policy.NormalizePath(r.URL.EscapedPath())
+	escaped := r.URL.EscapedPath()
+	if strings.IndexByte(escaped, ';') >= 0 {
+		// Path parameters: Tomcat, Jetty and others strip "/secret;x" to
+		// "/secret" before routing, so a rule on "/secret" would not see
+		// the path the app serves. Refused, as Spring's StrictHttpFirewall
+		// does.
+		return refuse(http.StatusBadRequest, pipeline.KindBadPath, "bad_path", "path parameters (';') are not allowed: an app may read the path without them")
+	}
+	path, err := policy.NormalizePath(escaped)
 	if err != nil {
 		return refuse(http.StatusBadRequest, pipeline.KindBadPath, "bad_path", err.Error())
 	}
