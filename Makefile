@@ -1,8 +1,9 @@
 # sidemesh — build, demo, test.
 #
 #   make demo    build the binary and run a small mesh on loopback (Ctrl-C stops it)
-#   make test    go vet and every test, with the race detector (what CI runs);
-#                builds the pinned Consul the integration tests start, once
+#   make test    go vet, every test with the race detector, then every fuzz
+#                target for a few seconds (what CI runs); builds the pinned
+#                Consul the integration tests start, once
 #   make chromium  install Debian's chromium, which the dashboard's browser test
 #                  drives, unless one is on the PATH (apt-get; sudo when not root)
 #   make bench   the Go benchmarks
@@ -14,6 +15,8 @@ BIN      := bin/sidemesh
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/sidemesh/sidemesh/sidecar/buildinfo.version=$(VERSION)
 FUZZTIME ?= 30s
+# How long make test runs each fuzz target, past its seed corpus.
+TEST_FUZZTIME ?= 3s
 
 # Consul for the integration tests: built from the version pinned in
 # deploy/tools/go.mod (a separate module, so its dependencies stay out of
@@ -37,6 +40,7 @@ vet:
 
 test: vet consul chromium
 	SIDEMESH_CONSUL=$(abspath $(CONSUL)) SIDEMESH_CHROMIUM=$$(command -v chromium) $(GO) test -race -timeout 20m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 consul: $(CONSUL)
 
