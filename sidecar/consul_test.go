@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,26 @@ upstreams:
 	// catalog and its checks pass.
 	waitForBody(t, client, out, "catalog", 30*time.Second, "catalog-1")
 
+	// A client keeps sending while Consul is stopped and restarted.
+	var sent, failed atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := newClient(t)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond): // a steady rate, not a wait
+			}
+			sent.Add(1)
+			if code, _, err := get(c, out, "catalog"); err != nil || code != 200 {
+				failed.Add(1)
+			}
+		}
+	}()
+
 	// Consul goes away: the last snapshot keeps serving.
 	agent.Stop()
 	for i := range 20 {
@@ -65,6 +86,12 @@ upstreams:
 	meshService(t, agent, "catalog", "catalog-2")
 	waitForBody(t, client, out, "catalog", 60*time.Second, "catalog-2")
 	waitForBody(t, client, out, "catalog", 30*time.Second, "catalog-1")
+	close(stop)
+	<-done
+	t.Logf("consul stopped and restarted: %d requests sent, %d failed", sent.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed while consul was stopped and restarted", failed.Load(), sent.Load())
+	}
 }
 
 // waitForBody sends requests until one is answered 200 with want.

@@ -20,6 +20,10 @@ const (
 	DefaultWaitTime   = 5 * time.Minute
 	DefaultMinBackoff = 250 * time.Millisecond
 	DefaultMaxBackoff = 30 * time.Second
+	// DefaultRecoveryGrace is how long a watch keeps its last endpoints
+	// when Consul, answering again after being unreachable, says there are
+	// none (see SourceOptions.RecoveryGrace).
+	DefaultRecoveryGrace = 30 * time.Second
 )
 
 // queryGrace is how much longer than WaitTime a blocking query may take
@@ -59,6 +63,14 @@ type SourceOptions struct {
 	// between failed queries. Zero means DefaultMinBackoff (250ms) and
 	// DefaultMaxBackoff (30s).
 	MinBackoff, MaxBackoff time.Duration
+	// RecoveryGrace is how long a watch keeps serving its last endpoints
+	// when Consul, answering again after being unreachable, reports none:
+	// an agent that restarted without its state (a -dev agent, a wiped
+	// data dir) lists nothing until the services register again, while
+	// the instances themselves are fine. An answer with instances ends the
+	// grace at once. Zero means DefaultRecoveryGrace (30s); negative turns
+	// it off.
+	RecoveryGrace time.Duration
 	// Logger receives the source's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -82,6 +94,9 @@ type Source struct {
 func NewSource(client *api.Client, o SourceOptions) *Source {
 	log := watchDefaults(&o.WaitTime, &o.MinBackoff, &o.MaxBackoff, o.Logger)
 	o.Tags = slices.Clone(o.Tags)
+	if o.RecoveryGrace == 0 {
+		o.RecoveryGrace = DefaultRecoveryGrace
+	}
 	return &Source{
 		client:  client,
 		opts:    o,
@@ -174,9 +189,17 @@ func (s *Source) run(ctx context.Context, id uint64, service string, ch chan dis
 		last     []discovery.Endpoint // what the reader has, valid once sent
 		sent     bool
 		failures int
+		// holdUntil, when set, is the end of the recovery grace: empty
+		// answers until then keep the last endpoints.
+		holdUntil time.Time
 	)
 	for {
-		entries, meta, err := s.query(ctx, service, index)
+		wait := s.opts.WaitTime
+		if !holdUntil.IsZero() {
+			// Come back when the grace ends, to publish the empty set then.
+			wait = max(min(wait, time.Until(holdUntil)), time.Millisecond)
+		}
+		entries, meta, err := s.query(ctx, service, index, wait)
 		if ctx.Err() != nil {
 			return
 		}
@@ -198,7 +221,8 @@ func (s *Source) run(ctx context.Context, id uint64, service string, ch chan dis
 			}
 			continue
 		}
-		if failures > 0 {
+		recovered := failures > 0
+		if recovered {
 			log.Info("consul answers again", "failures", failures)
 			s.setErr(id, nil)
 			failures = 0
@@ -206,6 +230,20 @@ func (s *Source) run(ctx context.Context, id uint64, service string, ch chan dis
 		index = nextIndex(index, meta.LastIndex)
 
 		eps := endpoints(service, entries)
+		switch {
+		case len(eps) > 0:
+			holdUntil = time.Time{}
+		case recovered && len(last) > 0 && s.opts.RecoveryGrace > 0:
+			holdUntil = time.Now().Add(s.opts.RecoveryGrace)
+			log.Warn("consul lists no instances right after being unreachable; keeping the last ones while it repopulates",
+				"endpoints", len(last), "for", s.opts.RecoveryGrace.String())
+			continue
+		case !holdUntil.IsZero() && time.Now().Before(holdUntil):
+			continue
+		case !holdUntil.IsZero():
+			holdUntil = time.Time{}
+			log.Warn("consul still lists no instances after the recovery grace; dropping the last ones")
+		}
 		if sent && sameEndpoints(last, eps) {
 			continue
 		}
@@ -216,16 +254,16 @@ func (s *Source) run(ctx context.Context, id uint64, service string, ch chan dis
 	}
 }
 
-// query runs one (blocking, unless index is 0) health query. It gives up
+// query runs one (blocking for up to wait, unless index is 0) health query. It gives up
 // after WaitTime plus Consul's jitter plus queryGrace, and as soon as ctx
 // is cancelled.
-func (s *Source) query(ctx context.Context, service string, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.WaitTime+s.opts.WaitTime/16+queryGrace)
+func (s *Source) query(ctx context.Context, service string, index uint64, wait time.Duration) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+wait/16+queryGrace)
 	defer cancel()
 	q := (&api.QueryOptions{
 		Datacenter: s.opts.Datacenter,
 		WaitIndex:  index,
-		WaitTime:   s.opts.WaitTime,
+		WaitTime:   wait,
 	}).WithContext(ctx)
 	h := s.client.Health()
 	if s.opts.Mesh {

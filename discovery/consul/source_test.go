@@ -37,7 +37,8 @@ type answer struct {
 	status  int
 	index   uint64
 	entries []*api.ServiceEntry
-	body    string // used when status is not 200
+	body    string        // used when status is not 200
+	delay   time.Duration // before answering, as a blocking query would
 }
 
 func newFakeConsul(t *testing.T, script ...answer) *fakeConsul {
@@ -79,6 +80,13 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 	a := f.script[0]
 	f.script = f.script[1:]
 	f.mu.Unlock()
+	if a.delay > 0 {
+		select {
+		case <-time.After(a.delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
 
 	w.Header().Set("X-Consul-Index", strconv.FormatUint(a.index, 10))
 	if a.status != 0 && a.status != http.StatusOK {
@@ -158,6 +166,38 @@ func TestWatchIndexHandling(t *testing.T) {
 	}
 	cancel()
 	waitClosed(t, ch, 5*time.Second)
+}
+
+// TestRecoveryGrace: when Consul answers again after being unreachable
+// and lists nothing (an agent restarted without its state), the watch
+// keeps its endpoints for the grace; it drops them only if Consul still
+// lists nothing once the grace is over.
+func TestRecoveryGrace(t *testing.T) {
+	t.Parallel()
+	a := entry("a", 1)
+	const grace = 300 * time.Millisecond
+	f := newFakeConsul(t,
+		answer{index: 10, entries: []*api.ServiceEntry{a}},
+		answer{status: 500, body: "agent restarting"},
+		answer{index: 2},                                  // back, and empty: the grace starts
+		answer{index: 3},                                  // still empty, within the grace
+		answer{index: 4, delay: 2 * grace},                // still empty after it
+		answer{index: 5, entries: []*api.ServiceEntry{a}}, // registered again
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	src := NewSource(f.client(t), SourceOptions{MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond, RecoveryGrace: grace})
+	ch, err := src.Watch(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, ch, 5*time.Second, "the first snapshot", func(s discovery.Snapshot) bool { return slices.Equal(ids(s), []string{"a"}) })
+	begin := time.Now()
+	empty := recv(t, ch, 5*time.Second, "the empty snapshot after the grace", func(discovery.Snapshot) bool { return true })
+	if len(empty.Endpoints) != 0 || time.Since(begin) < grace {
+		t.Errorf("got %v after %v, want nothing before the %v grace, then no endpoints", ids(empty), time.Since(begin), grace)
+	}
+	recv(t, ch, 5*time.Second, "a once registered again", func(s discovery.Snapshot) bool { return slices.Equal(ids(s), []string{"a"}) })
 }
 
 func TestNextIndex(t *testing.T) {
