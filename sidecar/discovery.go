@@ -290,9 +290,10 @@ func (b *backends) compatible(cfg *config.Config) error {
 	return nil
 }
 
-// stop withdraws the local service (Consul deregistration, gossip leave)
+// stop withdraws the local service (Consul deregistration, unless
+// withdraw is false because another process took it over; gossip leave)
 // so peers stop sending to it, then closes the backends.
-func (b *backends) stop(ctx context.Context) {
+func (b *backends) stop(ctx context.Context, withdraw bool) {
 	if b == nil {
 		return // the sidecar never started
 	}
@@ -302,12 +303,16 @@ func (b *backends) stop(ctx context.Context) {
 	}
 	b.mu.Unlock()
 	b.loops.Wait()
-	if b.registrar != nil {
+	switch {
+	case b.registrar != nil && withdraw:
 		if err := b.registrar.Deregister(ctx); err != nil {
 			b.log.Warn("consul deregistration failed", "err", err)
 		} else {
 			b.log.Info("deregistered from consul")
 		}
+		b.registrar = nil
+	case b.registrar != nil:
+		b.registrar.Abandon() // the process that took over keeps it
 		b.registrar = nil
 	}
 	if b.pool != nil {

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,9 @@ type Sidecar struct {
 	routes  atomic.Pointer[routeTable]
 	started atomic.Bool
 	stopped atomic.Bool
+	// handover is set when another process has taken over the sockets:
+	// Shutdown then leaves the service's registration to it.
+	handover atomic.Bool
 
 	// adopted are listeners handed to New, by address, until apply binds
 	// them.
@@ -141,7 +145,7 @@ func (s *Sidecar) abortStart(err error) error {
 		s.tel.Shutdown(ctx)
 		s.accessLog.Close()
 	}
-	s.backends.stop(ctx)
+	s.backends.stop(ctx, true)
 	for _, ln := range s.adopted {
 		ln.Close()
 	}
@@ -310,6 +314,35 @@ func (s *Sidecar) drainInBackground(srv *server, timeout time.Duration) {
 	}()
 }
 
+// ListenerFiles returns, by address, a duplicate of the file descriptor
+// of every bound listener, for a new sidemesh process to take over
+// (WithListeners, with net.FileListener) before this one shuts down: both
+// accept on the same sockets meanwhile, so no connection is refused. The
+// caller closes the files.
+func (s *Sidecar) ListenerFiles() (map[string]*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	files := make(map[string]*os.File, len(s.sockets))
+	for addr, sock := range s.sockets {
+		f, err := sock.File()
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, err
+		}
+		files[addr] = f
+	}
+	return files, nil
+}
+
+// HandedOver tells the sidecar that another process serves its sockets
+// and its service now: the Shutdown that follows drains as usual but does
+// not withdraw the service from Consul, since the new process registered
+// the same instance. (A gossip pool cannot be handed over: its port is
+// bound by memberlist; the command line refuses a handover with gossip.)
+func (s *Sidecar) HandedOver() { s.handover.Store(true) }
+
 // Shutdown stops accepting on every listener, waits for in-flight
 // requests and connections until ctx is done, then closes what remains
 // and stops discovery. It is safe to call more than once.
@@ -329,9 +362,12 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 	// Withdraw from discovery first, so peers stop choosing this sidecar
 	// while it drains; a peer that still does gets a refused connection,
 	// which it retries elsewhere.
-	s.backends.stop(ctx)
+	s.backends.stop(ctx, !s.handover.Load())
 	for _, sock := range s.sockets {
 		sock.StopAccepting() // refuse new connections at once, on every address
+	}
+	for _, sock := range s.sockets {
+		sock.Close() // and hand what was accepted to the servers before they stop
 	}
 	var wg sync.WaitGroup
 	for _, srv := range s.servers {

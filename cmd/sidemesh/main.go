@@ -119,10 +119,24 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
-	path, ok := configFlag("run", args, stderr)
-	if !ok {
+	fs := flag.NewFlagSet("sidemesh run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "", "config file (YAML)")
+	pidFile := fs.String("pid-file", "", "write the PID here (again after a handover), for a supervisor")
+	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: sidemesh run -c FILE [-pid-file FILE]")
+		return exitUsage
+	}
+	return serve(*path, *pidFile, stderr)
+}
+
+// serve runs the sidecar the config at path describes until SIGTERM or
+// SIGINT, reloading on SIGHUP and handing over to a new process on
+// SIGUSR2.
+func serve(path, pidFile string, stderr io.Writer) int {
 	cfg, err := config.Load(path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -139,17 +153,43 @@ func cmdRun(args []string, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
 
-	sc := sidecar.New(cfg, log)
+	lns, ready, err := inherited()
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFailure
+	}
+	sc := sidecar.New(cfg, log, sidecar.WithListeners(lns...))
 	if err := sc.Start(ctx); err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
-	log.Info("sidemesh running", "config", path, "version", buildinfo.Version(), "pid", os.Getpid())
+	if pidFile != "" {
+		if err := writePIDFile(pidFile); err != nil {
+			log.Error("cannot write the PID file", "path", pidFile, "err", err)
+		}
+	}
+	ready()
+	log.Info("sidemesh running", "config", path, "version", buildinfo.Version(), "pid", os.Getpid(), "inherited_listeners", len(lns))
 	for {
 		select {
 		case <-hup:
 			reload(ctx, sc, path, log)
+		case <-usr2:
+			if !handover(sc, log) {
+				continue
+			}
+			stop()
+			sc.HandedOver()
+			drain := sc.Config().DrainTimeout
+			sctx, cancel := context.WithTimeout(context.Background(), drain)
+			sc.Shutdown(sctx)
+			cancel()
+			log.Info("handed over; exiting")
+			return exitOK
 		case <-ctx.Done():
 			stop() // a second signal now kills the process the default way
 			drain := sc.Config().DrainTimeout

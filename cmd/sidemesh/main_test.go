@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -223,33 +221,39 @@ func writeFile(t *testing.T, dir, name, content string) string {
 	return p
 }
 
-// process is a running `sidemesh run`.
+// process is a running `sidemesh run`. Its stderr goes to a file, not a
+// pipe: a process it starts (a handover) inherits stderr, and a pipe
+// would keep Wait from returning until that one exits too.
 type process struct {
-	cmd    *exec.Cmd
-	config string
-	mu     sync.Mutex
-	stderr bytes.Buffer
-	done   chan struct{}
-}
-
-func (p *process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.stderr.Write(b)
+	cmd     *exec.Cmd
+	config  string
+	logFile string
+	done    chan struct{}
 }
 
 func (p *process) log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.stderr.String()
+	b, _ := os.ReadFile(p.logFile)
+	return string(b)
 }
 
 // startSidemesh runs sidemesh with cfg and waits until it logs that it runs.
 func startSidemesh(t *testing.T, cfg string) *process {
 	t.Helper()
-	p := &process{config: writeFile(t, t.TempDir(), "sidemesh.yaml", cfg), done: make(chan struct{})}
-	p.cmd = exec.Command(binary, "run", "-c", p.config)
-	p.cmd.Stderr = p
+	return startSidemeshArgs(t, cfg)
+}
+
+// startSidemeshArgs is startSidemesh with more arguments to run.
+func startSidemeshArgs(t *testing.T, cfg string, args ...string) *process {
+	t.Helper()
+	dir := t.TempDir()
+	p := &process{config: writeFile(t, dir, "sidemesh.yaml", cfg), logFile: filepath.Join(dir, "stderr.log"), done: make(chan struct{})}
+	logf, err := os.Create(p.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close() // the process has its own descriptor
+	p.cmd = exec.Command(binary, append([]string{"run", "-c", p.config}, args...)...)
+	p.cmd.Stderr = logf
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

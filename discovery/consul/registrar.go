@@ -173,6 +173,22 @@ func (r *Registrar) Register(ctx context.Context, self discovery.Instance) error
 	return nil
 }
 
+// Abandon stops the refresher and leaves the registrations in place, for
+// another process that registered the same instance to keep (a handover
+// to a new sidemesh binary). Register may be called again afterwards.
+func (r *Registrar) Abandon() {
+	r.callMu.Lock()
+	defer r.callMu.Unlock()
+	if r.stop != nil {
+		r.stop()
+		<-r.stopped
+		r.stop, r.stopped = nil, nil
+	}
+	r.mu.Lock()
+	r.regs, r.ttlID = nil, ""
+	r.mu.Unlock()
+}
+
 // Deregister stops the refresher and removes the sidecar and the service
 // from the agent. Registrations the agent no longer has are not an error.
 // Without a prior Register it does nothing.

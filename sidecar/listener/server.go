@@ -191,6 +191,14 @@ func (s *Server) Shutdown(ctx context.Context) {
 	defer s.cancelHard()
 	if s.handoff != nil {
 		s.handoff.Close()
+		// Once Serve has returned, every connection it accepted is
+		// counted in conns: a connection accepted a moment before must
+		// not look like none (its request would then be read after
+		// http.Server.Shutdown began, and dropped unanswered).
+		select {
+		case <-s.served:
+		case <-ctx.Done():
+		}
 	}
 	if s.tcp != nil {
 		s.tcp.Shutdown(ctx)

@@ -7,8 +7,10 @@ package listener
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,11 +24,14 @@ type Socket struct {
 	ln      net.Listener
 	log     *slog.Logger
 	current atomic.Pointer[handoff]
+	start   sync.Once     // starts the acceptor with the first server
 	done    chan struct{} // closed when the acceptor exits
 }
 
-// Listen binds addr (TCP) and starts accepting. log receives accept
-// errors; nil means slog.Default().
+// Listen binds addr (TCP). Connections are accepted once a server serves
+// the socket; until then they wait in the kernel's backlog (or, for a
+// socket inherited in a handover, are accepted by the process that still
+// serves it). log receives accept errors; nil means slog.Default().
 func Listen(ctx context.Context, addr string, log *slog.Logger) (*Socket, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
@@ -36,25 +41,25 @@ func Listen(ctx context.Context, addr string, log *slog.Logger) (*Socket, error)
 	return Adopt(ln, log), nil
 }
 
-// Adopt starts accepting on ln, a listener bound elsewhere: by a test that
+// Adopt makes a Socket of ln, a listener bound elsewhere: by a test that
 // needs the address before the config is written, or inherited from the
 // process that ran before. The Socket owns ln from then on.
 func Adopt(ln net.Listener, log *slog.Logger) *Socket {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Socket{ln: ln, log: log, done: make(chan struct{})}
-	go s.accept()
-	return s
+	return &Socket{ln: ln, log: log, done: make(chan struct{})}
 }
 
 // Addr returns the bound address.
 func (s *Socket) Addr() net.Addr { return s.ln.Addr() }
 
-// serveTo makes h the receiver of new connections and returns the handoff
-// it replaced, if any.
+// serveTo makes h the receiver of new connections, starting the acceptor
+// the first time, and returns the handoff it replaced, if any.
 func (s *Socket) serveTo(h *handoff) *handoff {
-	return s.current.Swap(h)
+	old := s.current.Swap(h)
+	s.start.Do(func() { go s.accept() })
+	return old
 }
 
 // Accept errors other than a closed socket are retried with a backoff
@@ -93,9 +98,24 @@ func (s *Socket) accept() {
 			if h.deliver(c) {
 				break
 			}
-			// h was closed after we loaded it; a newer one is current.
+			if s.current.Load() == h {
+				c.Close() // h's server shut down, and no other took over
+				break
+			}
+			// h was replaced by a newer one after we loaded it.
 		}
 	}
+}
+
+// File returns a duplicate of the socket's file descriptor, for a new
+// process to accept on (a handover): the socket stays bound as long as
+// either process holds it.
+func (s *Socket) File() (*os.File, error) {
+	f, ok := s.ln.(interface{ File() (*os.File, error) })
+	if !ok {
+		return nil, fmt.Errorf("listener %s (%T) has no file descriptor", s.ln.Addr(), s.ln)
+	}
+	return f.File()
 }
 
 // StopAccepting closes the socket so that new connections are refused at
@@ -105,6 +125,7 @@ func (s *Socket) StopAccepting() { s.ln.Close() }
 // Close stops accepting and waits for the acceptor to exit.
 func (s *Socket) Close() {
 	s.ln.Close()
+	s.start.Do(func() { close(s.done) }) // never served: no acceptor to wait for
 	<-s.done
 }
 
