@@ -74,6 +74,13 @@ var (
 	joinResync = 2 * time.Second
 	// sweepInterval is how often a pool garbage-collects its store.
 	sweepInterval = time.Second
+	// reconnectInterval is how often a pool tries to reach one member it
+	// declared dead, and reconnectTimeout how long after its death it
+	// stops trying (as serf does: memberlist alone gossips to the dead for
+	// GossipToTheDeadTime only, 15-30 s, so the two sides of a longer
+	// partition would never merge again).
+	reconnectInterval = 10 * time.Second
+	reconnectTimeout  = 24 * time.Hour
 	// clockSeed is the initial value of a new store's Lamport clock. Seeding
 	// it with the wall clock (in microseconds) means a restarted process
 	// usually starts above every version its predecessor wrote, so its
@@ -153,8 +160,9 @@ func Start(c Config) (*Pool, error) {
 		return nil, fmt.Errorf("gossip: start %s on %s: %w", mlc.Name, c.Bind, err)
 	}
 	p := &Pool{name: mlc.Name, log: logger, ml: ml, store: store, done: make(chan struct{})}
-	p.wg.Add(1)
+	p.wg.Add(2)
 	go p.sweepLoop()
+	go p.reconnectLoop(c.Join)
 	if len(c.Join) > 0 {
 		p.wg.Add(1)
 		go p.joinLoop(c.Join)
@@ -337,6 +345,46 @@ func (p *Pool) resync(seeds []string) {
 	}
 	if _, err := p.ml.Join(seeds); err != nil {
 		p.log.Debug("gossip: resync with seeds failed", "err", err)
+	}
+}
+
+// reconnectLoop heals partitions: every reconnectInterval (jittered) it
+// joins one member that failure detection declared dead (not one that
+// left), picked at random among those dead for less than
+// reconnectTimeout; a member that finds itself alone joins its seeds
+// again. A member that is really gone costs one failed connection
+// attempt per round.
+func (p *Pool) reconnectLoop(seeds []string) {
+	defer p.wg.Done()
+	for {
+		t := time.NewTimer(reconnectInterval/2 + mrand.N(reconnectInterval/2+1))
+		select {
+		case <-p.done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		var dead []Member
+		now := time.Now()
+		for _, m := range p.Members() {
+			if m.State == MemberDead && m.Name != p.name && m.Addr != "" && now.Sub(m.Since) < reconnectTimeout {
+				dead = append(dead, m)
+			}
+		}
+		var target []string
+		switch {
+		case len(dead) > 0:
+			target = []string{dead[mrand.N(len(dead))].Addr}
+		case p.ml.NumMembers() <= 1 && len(seeds) > 0:
+			target = seeds
+		default:
+			continue
+		}
+		if n, err := p.ml.Join(target); err == nil && n > 0 {
+			p.log.Info("gossip: reconnected", "to", target, "members", p.ml.NumMembers())
+		} else {
+			p.log.Debug("gossip: reconnect failed", "to", target, "err", err)
+		}
 	}
 }
 
