@@ -190,6 +190,19 @@ upstreams:
 		}
 	}
 
+	// A file caught empty (truncated before it is rewritten) is refused
+	// too: applied, it would drop every upstream.
+	p.rewrite(t, "")
+	p.signal(t, syscall.SIGHUP)
+	meshtest.WaitFor(t, 10*time.Second, "empty reload is logged", func() bool {
+		return strings.Contains(p.log(), "the file is empty")
+	})
+	for range 20 {
+		if err := get(client, out, "dog", "one"); err != nil {
+			t.Fatalf("after an empty reload: %v", err)
+		}
+	}
+
 	p.signal(t, syscall.SIGTERM)
 	if code := p.wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("exit code = %d\n%s", code, p.log())
