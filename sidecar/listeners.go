@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"log/slog"
+
 	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/listener"
@@ -27,6 +29,21 @@ type listenerSpec struct {
 	// mtls terminates mutual TLS (the inbound listener with tls on).
 	mtls bool
 	opts config.Listener
+}
+
+// logListening logs, once per bound address, what listens there.
+func logListening(log *slog.Logger, spec listenerSpec, addr string) {
+	attrs := []any{"role", spec.role, "addr", addr}
+	switch {
+	case spec.role == roleAdmin:
+		attrs = append(attrs, "url", "http://"+addr+"/")
+	case spec.mtls:
+		attrs = append(attrs, "tls", "mutual")
+	}
+	if spec.tcp {
+		attrs = append(attrs, "protocol", "tcp")
+	}
+	log.Info("listening", attrs...)
 }
 
 // server is a running server and the spec it was built for.

@@ -267,6 +267,9 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		if prev != nil {
 			s.drainInBackground(prev, cfg.DrainTimeout)
 		}
+		if _, isNew := bound[addr]; isNew {
+			logListening(s.log, spec, s.sockets[addr].Addr().String())
+		}
 	}
 	for addr, prev := range s.servers {
 		if _, ok := specs[addr]; ok {

@@ -45,7 +45,7 @@ func TestCACommands(t *testing.T) {
 		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
 	}
 	for _, args := range [][]string{{"ca"}, {"ca", "init"}, {"ca", "issue", "--dir", dir}, {"ca", "revoke"}} {
-		if code, out := run(args...); code != 2 || !strings.Contains(out, "usage") {
+		if code, out := run(args...); code != 2 || !strings.Contains(strings.ToLower(out), "usage") {
 			t.Errorf("%v: exit %d, want 2 with usage\n%s", args, code, out)
 		}
 	}

@@ -34,7 +34,7 @@ outbound: { listen: %s }
 admin: { listen: %s }
 upstreams: [{ service: app, endpoints: [{ address: 127.0.0.1:%d }] }]
 drain_timeout: 5s
-`, out, admin, backend.port), "-pid-file", pidFile)
+`, out, admin, backend.port), "--pid-file", pidFile)
 	oldPID := p.cmd.Process.Pid
 	if got := readPID(t, pidFile); got != oldPID {
 		t.Fatalf("PID file says %d, want %d", got, oldPID)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -47,11 +48,13 @@ func TestExitCodes(t *testing.T) {
 		code       int
 		wantOutput string
 	}{
-		{nil, exitUsage, "usage: sidemesh"},
+		{nil, exitUsage, "Usage:\n  sidemesh [flags]\n  sidemesh [command]"},
 		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
-		{[]string{"validate"}, exitUsage, "usage: sidemesh validate -c FILE"},
-		{[]string{"validate", "-x"}, exitUsage, "flag provided but not defined"},
-		{[]string{"run", "-c", good, "extra"}, exitUsage, "usage: sidemesh run -c FILE"},
+		{[]string{"validate"}, exitUsage, "sidemesh validate needs a config file: -c FILE, --config FILE or SIDEMESH_CONFIG"},
+		{[]string{"validate", "-x"}, exitUsage, "unknown shorthand flag: 'x' in -x"},
+		{[]string{"run", "-c", good, "extra"}, exitUsage, `sidemesh run takes no arguments, got ["extra"]`},
+		{[]string{"ca"}, exitUsage, "Available Commands:\n  init"},
+		{[]string{"ca", "issue", "--dir", dir}, exitUsage, "sidemesh ca issue needs --dir and --service"},
 		{[]string{"validate", "-c", good}, exitOK, "good.yaml: ok"},
 		{[]string{"validate", "-c", bad}, exitFailure, "bad.yaml:3:15: "},
 		{[]string{"validate", "-c", filepath.Join(dir, "missing.yaml")}, exitFailure, "missing.yaml"},
@@ -345,4 +348,50 @@ func getPath(c *http.Client, addr, host, path, want string) error {
 		return fmt.Errorf("GET %s (Host %s): %d %q, want 200 %q", path, host, resp.StatusCode, body, want)
 	}
 	return nil
+}
+
+// TestHelpEverywhere: --help on every command and subcommand prints its
+// usage on stdout and exits 0; --version prints the version line; the
+// config can come from --config or SIDEMESH_CONFIG; completion scripts
+// exist for bash, zsh and fish.
+func TestHelpEverywhere(t *testing.T) {
+	dir := t.TempDir()
+	good := writeFile(t, dir, "good.yaml", "upstreams: [{ service: a, endpoints: [{ address: 127.0.0.1:1 }] }]\n")
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{args: []string{"--help"}, want: "Available Commands:"},
+		{args: []string{"run", "--help"}, want: "sidemesh run -c FILE [flags]"},
+		{args: []string{"validate", "--help"}, want: "--print"},
+		{args: []string{"ca", "--help"}, want: "issue"},
+		{args: []string{"ca", "init", "--help"}, want: "--trust-domain"},
+		{args: []string{"ca", "issue", "--help"}, want: "--owner"},
+		{args: []string{"keygen", "--help"}, want: "gossip encryption key"},
+		{args: []string{"version", "--help"}, want: "Print the version"},
+		{args: []string{"completion", "bash"}, want: "bash completion"},
+		{args: []string{"completion", "zsh"}, want: "#compdef sidemesh"},
+		{args: []string{"completion", "fish"}, want: "complete -c sidemesh"},
+		{args: []string{"--version"}, want: "sidemesh "},
+		{args: []string{"validate", "--config", good}, want: "good.yaml: ok"},
+		{args: []string{"validate"}, env: good, want: "good.yaml: ok"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			cmd := exec.Command(binary, tc.args...)
+			cmd.Env = append(os.Environ(), "SIDEMESH_CONFIG="+tc.env)
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("%v\nstderr: %s", err, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tc.want) {
+				t.Errorf("stdout lacks %q:\n%s", tc.want, stdout.String())
+			}
+		})
+	}
+	out, _ := exec.Command(binary, "version").Output()
+	if v := string(out); !strings.Contains(v, "commit ") || !strings.Contains(v, runtime.Version()) || !strings.Contains(v, runtime.GOOS+"/"+runtime.GOARCH) {
+		t.Errorf("version = %q, want version, commit, Go version and platform", v)
+	}
 }

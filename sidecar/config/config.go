@@ -48,6 +48,8 @@ type Config struct {
 	// empty for a Config built in code.
 	file      string
 	positions map[string]Position
+	// warnings are what Parse found questionable but not wrong.
+	warnings ErrorList
 }
 
 // Service describes the local application.
@@ -234,6 +236,12 @@ const (
 // File returns the path the config was loaded from, or "" for a Config
 // built in code.
 func (c *Config) File() string { return c.file }
+
+// Warnings returns what Parse found questionable but not wrong, each with
+// its position and a message starting "warning: ": a listener that exposes
+// the outbound proxy or the admin API beyond loopback, a config that does
+// nothing.
+func (c *Config) Warnings() ErrorList { return c.warnings }
 
 // HTTP2 reports whether the protocol is carried over HTTP/2.
 func HTTP2(protocol string) bool { return protocol == ProtocolHTTP2 || protocol == ProtocolGRPC }

@@ -56,8 +56,10 @@ func (d *decoder) fail(pos Position, path, format string, args ...any) {
 }
 
 // decode overlays node n onto v, the field at path. A null node leaves v
-// as it is. Problems with the value as a whole are reported where it is
-// written, at the alias when it is one.
+// as it is, except for an optional section (a pointer to a struct): "admin:"
+// with nothing after it turns the section on with its defaults, as if
+// "admin: {}" were written. Problems with the value as a whole are
+// reported where it is written, at the alias when it is one.
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	if d.tooBig {
 		return
@@ -72,6 +74,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		n = n.Alias
 	}
 	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		if v.Kind() == reflect.Pointer && v.Type().Elem().Kind() == reflect.Struct && path != "" {
+			if v.IsNil() {
+				v.Set(newDefault(v.Type().Elem()).Addr())
+			}
+			d.positions[path] = pos
+		}
 		return
 	}
 	switch {
@@ -111,7 +119,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		v.Set(s)
 	default:
-		if !d.expect(n, pos, yaml.ScalarNode, path) || !d.decodeScalar(n.Value, pos, v, path) {
+		if !d.expect(n, pos, yaml.ScalarNode, path) || !d.typed(n, pos, v, path) || !d.decodeScalar(n.Value, pos, v, path) {
 			return
 		}
 	}
@@ -273,6 +281,73 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// typed reports whether scalar n is of a YAML type that field v takes,
+// and reports an error when it is not: no scalar is coerced, so
+// "access_log: true" is a mistake pointed out, not a file named "true",
+// and "port: \"8080\"" is text where a number belongs. Integers are the
+// one thing text fields take as they are written. A value with ${ENV} in
+// it is text until it is expanded, and is checked then.
+func (d *decoder) typed(n *yaml.Node, pos Position, v reflect.Value, path string) bool {
+	tag := n.ShortTag()
+	if tag == "!!str" && strings.Contains(n.Value, "${") {
+		return true
+	}
+	var ok bool
+	var want string
+	switch {
+	case v.Type() == durationType:
+		// Numbers pass on to "needs a unit", below.
+		ok, want = tag == "!!str" || tag == "!!int" || tag == "!!float", "a duration"
+	case v.Kind() == reflect.String:
+		// An integer reads the same as text ("on: [503]", "build: 12");
+		// a boolean, a float or a date does not ("true" for a file name,
+		// "1.10" that YAML reads as 1.1).
+		ok, want = tag == "!!str" || tag == "!!int", "text"
+	case v.Kind() == reflect.Int:
+		ok, want = tag == "!!int", "an integer"
+	case v.Kind() == reflect.Float64:
+		ok, want = tag == "!!float" || tag == "!!int", "a number"
+	case v.Kind() == reflect.Bool:
+		ok, want = tag == "!!bool", "true or false"
+	default:
+		return true
+	}
+	if ok {
+		return true
+	}
+	what := ""
+	if t := typeName(n); t != "text" {
+		what = " (" + t + ")"
+	}
+	if v.Kind() == reflect.String {
+		what += "; quote it if you mean the text"
+	}
+	d.fail(pos, path, "expected %s, got %s%s", want, quote(n.Value), what)
+	return false
+}
+
+// typeName says what YAML made of a scalar.
+func typeName(n *yaml.Node) string {
+	switch n.ShortTag() {
+	case "!!bool":
+		return "a boolean"
+	case "!!int":
+		return "an integer"
+	case "!!float":
+		return "a number"
+	case "!!null":
+		return "null"
+	case "!!timestamp":
+		return "a date"
+	case "!!str":
+		if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 {
+			return "a quoted string"
+		}
+		return "text"
+	}
+	return n.ShortTag()
 }
 
 // decodeScalar sets v from the scalar value written at pos, after ${ENV}

@@ -22,6 +22,7 @@ func decodeInto(t *testing.T, src string, v any) *decoder {
 }
 
 func TestDecodeScalars(t *testing.T) {
+	setEnv(t, map[string]string{"N": "7"})
 	var v struct {
 		On    bool          `yaml:"on"`
 		Off   bool          `yaml:"off"`
@@ -33,7 +34,10 @@ func TestDecodeScalars(t *testing.T) {
 		Zero  time.Duration `yaml:"zero"`
 		Float time.Duration `yaml:"float"`
 		S     string        `yaml:"s"`
+		Q     string        `yaml:"q"`
 		L     []string      `yaml:"l"`
+		Log   string        `yaml:"log"`
+		Env   int           `yaml:"env"`
 	}
 	v.Off = true
 	d := decodeInto(t, `
@@ -47,16 +51,23 @@ wait: 1m30s
 zero: 0
 float: 1.5
 s: 123
-l: [a, "b", 3]
+q: "123"
+l: [a, "b", 3, 1.10]
+log: true
+env: "${N}"
 `, &v)
-	if !v.On || v.Off || v.N != -12 || v.Wait != 90*time.Second || v.Zero != 0 || v.S != "123" ||
-		!reflect.DeepEqual(v.L, []string{"a", "b", "3"}) {
+	if !v.On || v.Off || v.N != -12 || v.Wait != 90*time.Second || v.Zero != 0 || v.Q != "123" || v.Env != 7 ||
+		v.S != "123" || !reflect.DeepEqual(v.L, []string{"a", "b", "3", ""}) {
 		t.Errorf("decoded %+v", v)
 	}
+	// No scalar is coerced: a number or a boolean where text belongs, a
+	// quoted number where a number belongs, is pointed out.
 	want := `t.yaml:4:6: bad: expected true or false, got "yes"
-t.yaml:6:6: big: expected an integer, got "99999999999999999999"
+t.yaml:6:6: big: expected an integer, got "99999999999999999999" (a number)
 t.yaml:7:6: hex: expected an integer, got "0x10"
-t.yaml:10:8: float: duration "1.5" needs a unit, e.g. 5s`
+t.yaml:10:8: float: duration "1.5" needs a unit, e.g. 5s
+t.yaml:13:16: l[3]: expected text, got "1.10" (a number); quote it if you mean the text
+t.yaml:14:6: log: expected text, got "true" (a boolean); quote it if you mean the text`
 	if got := d.errs.Error(); got != want {
 		t.Errorf("errors:\n%s\nwant\n%s", got, want)
 	}

@@ -1,13 +1,65 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // lookupEnv reads the environment for ${NAME} expansion; tests replace it.
 var lookupEnv = os.LookupEnv
+
+// envOpen and envClose stand in for the braces of ${NAME} while YAML
+// parses the file: "{ port: ${PORT} }" is not valid YAML (braces open
+// and close flow mappings), yet is the natural way to write it. They are
+// single runes, so positions do not move; the parsed values get their
+// braces back before expansion.
+const (
+	envOpen  = "\ue000"
+	envClose = "\ue001"
+)
+
+// markEnv replaces the braces of each "${...}" on one line with envOpen
+// and envClose.
+func markEnv(data []byte) []byte {
+	if !bytes.Contains(data, []byte("${")) {
+		return data
+	}
+	var out bytes.Buffer
+	out.Grow(len(data) + 16)
+	for len(data) > 0 {
+		i := bytes.Index(data, []byte("${"))
+		if i < 0 {
+			out.Write(data)
+			break
+		}
+		end := bytes.IndexAny(data[i+2:], "}\n")
+		if end < 0 || data[i+2+end] != '}' {
+			out.Write(data[:i+2]) // unterminated: expand reports it
+			data = data[i+2:]
+			continue
+		}
+		out.Write(data[:i+1])
+		out.WriteString(envOpen)
+		out.Write(data[i+2 : i+2+end])
+		out.WriteString(envClose)
+		data = data[i+2+end+1:]
+	}
+	return out.Bytes()
+}
+
+// unmarkEnv gives every scalar under n its braces back.
+func unmarkEnv(n *yaml.Node) {
+	if strings.Contains(n.Value, envOpen) || strings.Contains(n.Value, envClose) {
+		n.Value = strings.NewReplacer(envOpen, "{", envClose, "}").Replace(n.Value)
+	}
+	for _, c := range n.Content {
+		unmarkEnv(c)
+	}
+}
 
 // expand replaces ${NAME} and ${NAME:-default} in a scalar value with the
 // environment variable's value; the default applies when NAME is unset or

@@ -35,3 +35,21 @@ func TestExpand(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvInFlowMapping: ${NAME} works inside a flow mapping (the README's
+// own style), where its braces would otherwise end the mapping, and
+// positions after it on the line stay right.
+func TestEnvInFlowMapping(t *testing.T) {
+	setEnv(t, map[string]string{"PORT": "8080", "HOST": "127.0.0.1"})
+	c := mustParse(t, "service: { name: cart, port: ${PORT}, address: ${HOST} }\noutbound: { listen: ${HOST}:${OUT:-15001} }\n")
+	if c.Service.Port != 8080 || c.Service.Address != "127.0.0.1" || c.Outbound.Listen != "127.0.0.1:15001" {
+		t.Fatalf("service %+v, outbound %q", c.Service, c.Outbound.Listen)
+	}
+	if pos := c.pos("service.address"); pos != (Position{Line: 1, Column: 48}) {
+		t.Errorf("service.address at %v, want 1:48", pos)
+	}
+	_, err := Parse("t.yaml", []byte("service: { name: cart, port: ${NOPE} }\n"))
+	if err == nil || err.Error() != `t.yaml:1:30: service.port: environment variable "NOPE" is not set` {
+		t.Errorf("unset variable in a flow mapping: %v", err)
+	}
+}

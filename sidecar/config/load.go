@@ -15,13 +15,22 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Load reads the config file at path and parses it with Parse.
+// Load reads the config file at path, parses it with Parse, and checks
+// the files it names (certificates, keys, the gossip key, the Consul
+// token): that they exist and hold what they should.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(path, data)
+	c, err := Parse(path, data)
+	if err != nil {
+		return nil, err
+	}
+	if errs := c.checkFiles(); len(errs) > 0 {
+		return nil, errs
+	}
+	return c, nil
 }
 
 // Parse overlays data, the YAML contents of file, onto Default and
@@ -42,6 +51,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, d.errs.err()
 	}
 	c.resolveDefaults()
+	c.resolvePaths()
 	errs := d.errs
 	for _, e := range c.validate() {
 		if !d.covers(e.Path) {
@@ -56,6 +66,11 @@ func Parse(file string, data []byte) (*Config, error) {
 
 // decodeFile decodes the single YAML document in data onto c.
 func (d *decoder) decodeFile(data []byte, c *Config) {
+	if bytes.Contains(data, []byte(envOpen)) || bytes.Contains(data, []byte(envClose)) {
+		d.errorf(Position{Line: 1, Column: 1}, "", "the file holds the private-use characters U+E000 or U+E001, which sidemesh reserves")
+		return
+	}
+	data = markEnv(data)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -77,6 +92,7 @@ func (d *decoder) decodeFile(data []byte, c *Config) {
 		d.empty()
 		return
 	}
+	unmarkEnv(&doc)
 	d.decode(doc.Content[0], reflect.ValueOf(c).Elem(), "")
 }
 

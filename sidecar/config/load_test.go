@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/discovery/gossip"
+	"github.com/sidemesh/sidemesh/policy/identity"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/invalid/*.golden from the current output")
@@ -49,16 +52,90 @@ func TestLoadValid(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no testdata: %v", err)
 	}
+	// The fixtures name their certificates, keys and tokens relative to
+	// themselves, under files/: each is loaded from a copy next to real
+	// ones, started from another directory.
+	dir := t.TempDir()
+	writeFixtureFiles(t, filepath.Join(dir, "files"))
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
-			c, err := Load(file)
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy := filepath.Join(dir, filepath.Base(file))
+			if err := os.WriteFile(copy, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Load(copy)
 			if err != nil {
 				t.Fatalf("Load:\n%v", err)
 			}
-			if c.File() != file {
-				t.Errorf("File() = %q, want %q", c.File(), file)
+			if c.File() != copy {
+				t.Errorf("File() = %q, want %q", c.File(), copy)
 			}
 		})
+	}
+}
+
+// writeFixtureFiles writes what the valid fixtures name under files/: a
+// CA and a leaf for cart, a gossip key, a Consul token.
+func writeFixtureFiles(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := identity.NewTestCA("mesh.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteCA(filepath.Join(dir, "ca.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ca.WriteLeaf(dir, "cart", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	key, err := gossip.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"gossip.key": key, "consul-token": "0e4d-secret"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestLoadChecksFiles: the files a config names are checked by Load, so
+// `validate` reports what `run` would fail on, at the field's position;
+// relative paths are read from the config file's directory.
+func TestLoadChecksFiles(t *testing.T) {
+	dir := t.TempDir()
+	writeFixtureFiles(t, filepath.Join(dir, "files"))
+	os.WriteFile(filepath.Join(dir, "files", "empty-token"), nil, 0o600)
+	os.WriteFile(filepath.Join(dir, "files", "bad.key"), []byte("not base64!\n"), 0o600)
+	cfg := filepath.Join(dir, "sidemesh.yaml")
+	os.WriteFile(cfg, []byte(`service: { name: cart, port: 8080 }
+tls: { cert_file: files/ca.pem, key_file: files/cart-key.pem, ca_file: files/cart-key.pem }
+discovery:
+  consul: { token_file: files/empty-token }
+  gossip: { key_file: files/bad.key }
+telemetry: { access_log: nowhere/access.log }
+`), 0o600)
+	_, err := Load(cfg)
+	files := filepath.Join(dir, "files")
+	want := []string{
+		cfg + ":2:19: tls.cert_file: tls: private key does not match public key",
+		cfg + ":2:72: tls.ca_file: " + files + "/cart-key.pem holds no PEM certificate",
+		cfg + ":4:25: discovery.consul.token_file: " + files + "/empty-token is empty",
+		cfg + ":5:23: discovery.gossip.key_file: gossip: load key " + files + "/bad.key: not base64 (generate one with `sidemesh keygen`): illegal base64 data at input byte 3",
+		cfg + ":6:26: telemetry.access_log: the directory of " + filepath.Join(dir, "nowhere", "access.log") + " does not exist",
+	}
+	if err == nil {
+		t.Fatal("Load accepted broken files")
+	}
+	if got := err.Error(); got != strings.Join(want, "\n") {
+		t.Errorf("errors:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 }
 
@@ -205,9 +282,23 @@ func TestPerTryTimeoutDefault(t *testing.T) {
 }
 
 func TestParseNullKeepsDefault(t *testing.T) {
-	c := mustParse(t, "drain_timeout:\noutbound:\n  listen: ~\nservice:\n")
-	if c.DrainTimeout != DefaultDrainTimeout || c.Outbound.Listen != DefaultOutboundListen || c.Service != nil {
+	c := mustParse(t, "drain_timeout:\noutbound:\n  listen: ~\nupstreams: [{ service: a, endpoints: [{ address: 127.0.0.1:1 }] }]\n")
+	if c.DrainTimeout != DefaultDrainTimeout || c.Outbound.Listen != DefaultOutboundListen {
 		t.Errorf("null values changed defaults: %+v", c)
+	}
+}
+
+// TestParseNullSectionIsOn: an optional section written with nothing
+// after it ("admin:", as the README says to turn the admin API on) is on,
+// with its defaults; the service section then says what it lacks.
+func TestParseNullSectionIsOn(t *testing.T) {
+	c := mustParse(t, "admin:\nupstreams: [{ service: a, endpoints: [{ address: 127.0.0.1:1 }] }]\n")
+	if c.Admin == nil || c.Admin.Listen != "127.0.0.1:19000" {
+		t.Errorf("admin: = %+v, want on at 127.0.0.1:19000", c.Admin)
+	}
+	_, err := Parse("test.yaml", []byte("service:\n"))
+	if err == nil || !strings.Contains(err.Error(), "test.yaml:1:9: service.name: required") {
+		t.Errorf("a bare service: parsed with %v", err)
 	}
 }
 
@@ -302,5 +393,30 @@ func TestParseAliasBomb(t *testing.T) {
 				t.Fatalf("Parse = %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestEffective: the effective config resolves what depends on other
+// settings, reduces what is off, and redacts inline secrets.
+func TestEffective(t *testing.T) {
+	c := mustParse(t, `
+service: { name: cart, port: 8080 }
+tls: { cert_file: c.pem, key_file: k.pem, ca_file: ca.pem }
+upstreams:
+  - { service: a, balancer: consistent_hash, endpoints: [{ address: 127.0.0.1:1 }] }
+  - { service: b, circuit_breaker: { enabled: false }, retries: { attempts: 0 }, endpoints: [{ address: 127.0.0.1:2 }] }
+telemetry: { tracing: { otlp_endpoint: 127.0.0.1:4317, headers: { x-api-key: s3cret } } }
+`)
+	out, err := c.EffectiveYAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"default: deny", "hash_on: source_ip", "circuit_breaker:\n        enabled: false\n", "retries:\n        attempts: 0\n", "x-api-key: '[redacted]'", "per_try_timeout: 5s", "- static"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("effective config lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "s3cret") || strings.Contains(out, "health_check") {
+		t.Errorf("effective config shows a secret or a section that is off:\n%s", out)
 	}
 }

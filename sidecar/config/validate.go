@@ -87,7 +87,45 @@ func (c *Config) validate() ErrorList {
 	v.oneOf("log.level", "log level", c.Log.Level, logLevels)
 	v.oneOf("log.format", "log format", c.Log.Format, logFormats)
 	v.telemetry(&c.Telemetry)
+	v.warnExposure(c)
 	return v.errs
+}
+
+// warnExposure notes listeners that are reachable beyond this host though
+// they should not be, and a config that does nothing.
+func (v *validator) warnExposure(c *Config) {
+	if !loopbackListen(c.Outbound.Listen) {
+		v.warnf("outbound.listen", "%s is reachable beyond this host: the outbound listener forwards into the mesh with this sidecar's identity, an open proxy to whoever reaches it; keep it on 127.0.0.1 (or protect the address)", c.Outbound.Listen)
+	}
+	if c.Admin != nil && !loopbackListen(c.Admin.Listen) {
+		v.warnf("admin.listen", "%s is reachable beyond this host: the admin API shows the config and the mesh's endpoints; keep it on 127.0.0.1", c.Admin.Listen)
+	}
+	if c.Service == nil && len(c.Upstreams) == 0 {
+		v.warnf("", "this config does nothing: no service to front and no upstreams to call")
+	}
+}
+
+// loopbackListen reports whether a listen address binds loopback only.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return true // reported as an error elsewhere
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+func (v *validator) warnf(path, format string, args ...any) {
+	pos, msg := v.c.pos(path), fmt.Sprintf(format, args...)
+	if path == "" {
+		pos = Position{Line: 1, Column: 1}
+	} else {
+		msg = path + ": " + msg
+	}
+	v.c.warnings = append(v.c.warnings, &Error{File: v.c.file, Pos: pos, Msg: "warning: " + msg})
 }
 
 func (v *validator) errorf(path, format string, args ...any) {

@@ -87,7 +87,7 @@ func Start(cfg *config.Config, consulClient *api.Client, metrics *telemetry.Metr
 			s.Close()
 			return nil, fmt.Errorf("tls: this sidecar's certificate is for trust domain %q, the config says %q", b.ID.TrustDomain, td)
 		}
-		log.Info("identity loaded", "spiffe_id", b.ID.String(), "not_after", b.NotAfter.Format(time.RFC3339))
+		// The source logged the identity it loaded.
 	case <-time.After(identityReadyTimeout):
 		log.Warn("no certificate yet; inbound handshakes fail until one arrives", "waited", identityReadyTimeout.String())
 	}
