@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"log/slog"
+	"strings"
 
 	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
@@ -29,6 +30,8 @@ type listenerSpec struct {
 	// mtls terminates mutual TLS (the inbound listener with tls on).
 	mtls bool
 	opts config.Listener
+	// edge describes an edge listener's TLS or redirect (edgeKey).
+	edge string
 }
 
 // logListening logs, once per bound address, what listens there.
@@ -39,6 +42,8 @@ func logListening(log *slog.Logger, spec listenerSpec, addr string) {
 		attrs = append(attrs, "url", "http://"+addr+"/")
 	case spec.mtls:
 		attrs = append(attrs, "tls", "mutual")
+	case spec.role == roleEdge && strings.HasPrefix(spec.edge, "tls"):
+		attrs = append(attrs, "tls", "terminated")
 	}
 	if spec.tcp {
 		attrs = append(attrs, "protocol", "tcp")
@@ -61,7 +66,14 @@ func listenerSpecs(cfg *config.Config) map[string]listenerSpec {
 			tcp: cfg.Service.Protocol == config.ProtocolTCP, mtls: cfg.TLS.Enabled(), opts: cfg.Inbound,
 		}
 	}
-	specs[cfg.Outbound.Listen] = listenerSpec{addr: cfg.Outbound.Listen, role: roleOutbound, opts: cfg.Outbound}
+	if cfg.OutboundEnabled() {
+		specs[cfg.Outbound.Listen] = listenerSpec{addr: cfg.Outbound.Listen, role: roleOutbound, opts: cfg.Outbound}
+	}
+	if cfg.Edge != nil {
+		for _, l := range cfg.Edge.Listeners {
+			specs[l.Listen] = listenerSpec{addr: l.Listen, role: roleEdge, opts: l.Listener, mtls: false, edge: edgeKey(l)}
+		}
+	}
 	if cfg.Admin != nil {
 		specs[cfg.Admin.Listen] = listenerSpec{addr: cfg.Admin.Listen, role: roleAdmin, opts: cfg.Outbound}
 	}
@@ -113,6 +125,20 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 		srv = listener.NewHTTP(admin.Handler(adminState{s}), httpOpts)
 	case spec.role == roleOutbound:
 		srv = serve(outboundRouter{s})
+	case spec.role == roleEdge:
+		if ec := s.edgeCerts[spec.addr]; ec != nil {
+			min := config.TLSVersion12
+			for _, l := range s.cfg.Load().Edge.Listeners {
+				if l.Listen == spec.addr && l.TLS != nil {
+					min = l.TLS.MinVersion
+				}
+			}
+			httpOpts.TLS = ec.certs.TLSConfig(min)
+		}
+		srv = listener.NewHTTP(pipeline.NewListener(pipeline.ListenerOptions{
+			Name: roleEdge, Router: edgeRouter{s, spec.addr}, Renderer: pipeline.JSON,
+			Observer: pipeline.Telemetry(s.tel), BodyTimeout: spec.opts.BodyTimeout,
+		}), httpOpts)
 	case spec.tcp:
 		name := spec.role[len(roleUpstreamPrefix):]
 		srv = listener.NewTCP(&proxy.TCPProxy{Target: func() *proxy.TCPTarget {

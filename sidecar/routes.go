@@ -28,6 +28,8 @@ type routeTable struct {
 	noRoute  *pipeline.Route
 	// inbound is the route to the local app; nil without an HTTP service.
 	inbound *pipeline.Route
+	// edge holds the router of each edge listener, by address.
+	edge map[string]pipeline.Router
 }
 
 // newRouteTable builds the chains of every route: on every listener

@@ -56,6 +56,10 @@ type Sidecar struct {
 	tel       *telemetry.Telemetry
 	accessLog io.Closer // the access log file, closed after tel's Shutdown
 	upstreams map[string]*upstream
+	// variants are upstreams with the balancer an edge route chose, by
+	// variantKey.
+	variants  map[string]*upstream
+	edgeCerts map[string]*edgeCerts // by listen address
 	local     *upstream
 	sockets   map[string]*listener.Socket // by address
 	servers   map[string]*server          // by address
@@ -88,6 +92,8 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) *Sidecar {
 		log:       log,
 		adopted:   map[string]net.Listener{},
 		upstreams: map[string]*upstream{},
+		variants:  map[string]*upstream{},
+		edgeCerts: map[string]*edgeCerts{},
 		sockets:   map[string]*listener.Socket{},
 		servers:   map[string]*server{},
 	}
@@ -208,6 +214,10 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	if s.security != nil && err != nil {
 		return err
 	}
+	certs, err := s.loadEdgeCerts(cfg)
+	if err != nil {
+		return err
+	}
 	specs := listenerSpecs(cfg)
 
 	// Bind new addresses: the last step that can fail.
@@ -233,6 +243,10 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	for _, uc := range cfg.Upstreams {
 		next[uc.Service] = s.buildUpstream(cfg, uc, s.upstreams[uc.Service], s.log)
 	}
+	variants := map[string]*upstream{}
+	for key, uc := range edgeVariants(cfg) {
+		variants[key] = s.buildUpstream(cfg, uc, s.variants[key], s.log)
+	}
 	var local *upstream
 	if cfg.Service != nil {
 		var prev *upstream
@@ -242,10 +256,17 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		local = s.buildUpstream(cfg, localUpstream(cfg.Service), prev, s.log.With("role", roleInbound))
 	}
 	waitFirst(next, s.log)
-	s.routes.Store(s.newRouteTable(cfg, next, local))
+	s.startEdgeCerts(certs)
+	t := s.newRouteTable(cfg, next, local)
+	t.edge = s.edgeRouters(cfg, next, variants, certs)
+	s.routes.Store(t)
 	for name, old := range s.upstreams {
 		old.retire(next[name])
 	}
+	for key, old := range s.variants {
+		old.retire(variants[key])
+	}
+	s.variants = variants
 	if s.local != nil {
 		s.local.retire(local)
 	}
@@ -383,6 +404,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) {
 	s.stopLife() // ends watches and cuts short drains started by reloads
 	s.draining.Wait()
 	for _, u := range s.upstreams {
+		u.retire(nil)
+	}
+	for _, u := range s.variants {
 		u.retire(nil)
 	}
 	if s.local != nil {

@@ -50,7 +50,10 @@ type upstream struct {
 	upgrade   *http.Transport // HTTP/1.1, for WebSocket upgrades
 
 	proxy *proxy.Upstream
-	tcp   *proxy.TCPTarget
+	// proxyOpts built proxy; an edge route with its own timeout or
+	// retries gets a proxy of its own from them.
+	proxyOpts proxy.UpstreamOptions
+	tcp       *proxy.TCPTarget
 }
 
 // localUpstream turns the service section into the upstream the inbound
@@ -324,7 +327,7 @@ func (s *Sidecar) buildUpstream(cfg *config.Config, uc config.Upstream, old *ups
 			Telemetry:      tel.Client(uc.Service, uc.Balancer),
 		}
 	} else {
-		u.proxy = proxy.NewUpstream(proxy.UpstreamOptions{
+		u.proxyOpts = proxy.UpstreamOptions{
 			Name:             uc.Service,
 			Picker:           u.bal,
 			Transport:        u.transport,
@@ -333,7 +336,8 @@ func (s *Sidecar) buildUpstream(cfg *config.Config, uc config.Upstream, old *ups
 			Retry:            retryPolicy(uc.Retries),
 			Logger:           proxyLog,
 			Telemetry:        tel.Client(uc.Service, uc.Balancer),
-		})
+		}
+		u.proxy = proxy.NewUpstream(u.proxyOpts)
 	}
 	return u
 }

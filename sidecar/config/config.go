@@ -42,6 +42,8 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Telemetry configures tracing, OTLP metrics and the access log.
 	Telemetry Telemetry `yaml:"telemetry"`
+	// Edge, when set, makes this process an edge gateway (see Edge).
+	Edge *Edge `yaml:"edge"`
 
 	// file is the path the config was loaded from, positions maps field
 	// paths ("upstreams[0].balancer") to where they were written. Both are
@@ -127,6 +129,9 @@ const (
 
 // Upstream is a service the local app calls through the sidecar.
 type Upstream struct {
+	// implicit marks an upstream the file does not declare: a service an
+	// edge route names, given the defaults and found by discovery.
+	implicit bool
 	// Service names the upstream; the local app reaches it with
 	// "Host: <service>" or "Host: <service>.mesh". Required and unique.
 	Service string `yaml:"service"`
@@ -236,6 +241,17 @@ const (
 // File returns the path the config was loaded from, or "" for a Config
 // built in code.
 func (c *Config) File() string { return c.file }
+
+// OutboundEnabled reports whether the outbound listener runs: always for
+// a sidecar; for an edge only when the file writes an outbound section
+// (an edge has no local app to send through it).
+func (c *Config) OutboundEnabled() bool {
+	if c.Edge == nil {
+		return true
+	}
+	_, written := c.positions["outbound"]
+	return written
+}
 
 // Warnings returns what Parse found questionable but not wrong, each with
 // its position and a message starting "warning: ": a listener that exposes

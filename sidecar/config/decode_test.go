@@ -114,6 +114,18 @@ func TestFieldTags(t *testing.T) {
 			if (name == "" || name == "-") && !(f.Anonymous && opts == "inline") {
 				t.Errorf("%s.%s has no yaml key", typ.Name(), f.Name)
 			}
+			// The decoder's scalars: a field of another kind would panic.
+			scalar := f.Type
+			for scalar.Kind() == reflect.Pointer || scalar.Kind() == reflect.Slice || scalar.Kind() == reflect.Map {
+				scalar = scalar.Elem()
+			}
+			switch scalar.Kind() {
+			case reflect.String, reflect.Int, reflect.Float64, reflect.Bool, reflect.Struct:
+			default:
+				if scalar != durationType {
+					t.Errorf("%s.%s is a %s, which the decoder does not read", typ.Name(), f.Name, scalar)
+				}
+			}
 			walk(f.Type)
 		}
 	}

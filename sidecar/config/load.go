@@ -8,6 +8,7 @@ import (
 	"iter"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -140,6 +141,18 @@ func (c *Config) resolveDefaults() {
 		u.IdleTimeout = DefaultPoolIdleTimeout
 		if u.Protocol == ProtocolTCP {
 			u.IdleTimeout = DefaultTCPIdleTimeout
+		}
+	}
+	if c.Edge != nil {
+		// Services the routes name without an upstreams entry get one with
+		// the defaults, found by discovery.
+		for _, name := range c.Edge.BackendServices() {
+			if !slices.ContainsFunc(c.Upstreams, func(u Upstream) bool { return u.Service == name }) {
+				var u Upstream
+				u.setDefaults()
+				u.Service, u.implicit = name, true
+				c.Upstreams = append(c.Upstreams, u)
+			}
 		}
 	}
 	for i := range c.Upstreams {

@@ -68,12 +68,15 @@ func (c *Config) validate() ErrorList {
 		v.service(c.Service)
 	}
 	v.listener("inbound", &c.Inbound, c.Service != nil)
-	v.listener("outbound", &c.Outbound, true)
+	v.listener("outbound", &c.Outbound, c.OutboundEnabled())
 	if c.Admin != nil {
 		v.listen("admin.listen", c.Admin.Listen, true)
 	}
 	for i := range c.Upstreams {
 		v.upstream(i, &c.Upstreams[i])
+	}
+	if c.Edge != nil {
+		v.edge(c)
 	}
 	v.discovery(&c.Discovery)
 	v.security(c)
@@ -94,13 +97,13 @@ func (c *Config) validate() ErrorList {
 // warnExposure notes listeners that are reachable beyond this host though
 // they should not be, and a config that does nothing.
 func (v *validator) warnExposure(c *Config) {
-	if !loopbackListen(c.Outbound.Listen) {
+	if c.OutboundEnabled() && !loopbackListen(c.Outbound.Listen) {
 		v.warnf("outbound.listen", "%s is reachable beyond this host: the outbound listener forwards into the mesh with this sidecar's identity, an open proxy to whoever reaches it; keep it on 127.0.0.1 (or protect the address)", c.Outbound.Listen)
 	}
 	if c.Admin != nil && !loopbackListen(c.Admin.Listen) {
 		v.warnf("admin.listen", "%s is reachable beyond this host: the admin API shows the config and the mesh's endpoints; keep it on 127.0.0.1", c.Admin.Listen)
 	}
-	if c.Service == nil && len(c.Upstreams) == 0 {
+	if c.Service == nil && len(c.Upstreams) == 0 && c.Edge == nil {
 		v.warnf("", "this config does nothing: no service to front and no upstreams to call")
 	}
 }

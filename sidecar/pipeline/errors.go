@@ -25,6 +25,7 @@ const (
 	KindDenied         Kind = "denied"          // 403: the authorization policy refused the caller
 	KindBadPath        Kind = "bad_path"        // 400: a path that could be read more than one way
 	KindBadRequest     Kind = "bad_request"     // 400: a request sidemesh refuses to pass on
+	KindMisdirected    Kind = "misdirected"     // 421: a Host another certificate serves than the connection's
 )
 
 // HeaderError names the response header that carries a Kind.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -272,6 +273,10 @@ func (e *BodyError) Unwrap() error { return e.Err }
 // Answer returns the error a request whose body failed is answered with:
 // 408 when the body stalled, else 400.
 func (e *BodyError) Answer() *Error {
+	var tooBig *http.MaxBytesError
+	if errors.As(e.Err, &tooBig) {
+		return &Error{Status: http.StatusRequestEntityTooLarge, Kind: KindBadRequest, Msg: fmt.Sprintf("the request body is over %d bytes", tooBig.Limit), Err: e}
+	}
 	if e.Timeout {
 		return &Error{Status: http.StatusRequestTimeout, Kind: KindBadRequest, Msg: e.Error(), Err: e}
 	}

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
@@ -39,6 +40,36 @@ func (textRenderer) Render(w http.ResponseWriter, r *http.Request, e *Error) {
 	if r.Method != http.MethodHead {
 		io.WriteString(w, "sidemesh: "+e.Error()+"\n")
 	}
+}
+
+// JSON is the edge listeners' renderer: the error's status and an RFC 9457
+// problem document (application/problem+json) with the kind and the
+// message, and X-Sidemesh-Error; gRPC callers get a gRPC status, as with
+// Text.
+var JSON Renderer = jsonRenderer{}
+
+type jsonRenderer struct{}
+
+func (jsonRenderer) Render(w http.ResponseWriter, r *http.Request, e *Error) {
+	if IsGRPC(r) {
+		Text.Render(w, r, e)
+		return
+	}
+	h := w.Header()
+	h.Set(HeaderError, string(e.Kind))
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(e.Status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	body, _ := json.Marshal(struct {
+		Title  string `json:"title"`
+		Status int    `json:"status"`
+		Kind   Kind   `json:"kind"`
+		Detail string `json:"detail"`
+	}{http.StatusText(e.Status), e.Status, e.Kind, e.Error()})
+	w.Write(append(body, '\n'))
 }
 
 // IsGRPC reports whether r is a gRPC call: HTTP/2 with a content type of

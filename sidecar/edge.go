@@ -1,0 +1,189 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/edge"
+	"github.com/sidemesh/sidemesh/sidecar/pipeline"
+	"github.com/sidemesh/sidemesh/sidecar/proxy"
+)
+
+// roleEdge is the role of every edge listener.
+const roleEdge = "edge"
+
+// edgeCerts are the running certificates of one TLS edge listener.
+type edgeCerts struct {
+	certs  *edge.Certificates
+	key    string
+	cancel context.CancelFunc
+}
+
+// edgeKey describes what of an edge listener's config its server is
+// built from, beyond the listener settings.
+func edgeKey(l config.EdgeListener) string {
+	if l.TLS == nil {
+		return fmt.Sprintf("plain redirect=%v port=%d", l.RedirectToHTTPS, l.HTTPSPort)
+	}
+	return fmt.Sprintf("tls %v min=%s every=%v", l.TLS.Certificates, l.TLS.MinVersion, l.TLS.ReloadInterval)
+}
+
+// loadEdgeCerts loads the certificates of cfg's TLS edge listeners whose
+// certificates are new or changed; the others keep theirs. It is the
+// fallible part of applying an edge, done before anything changes; the
+// caller starts the new ones (startEdgeCerts) once the config is applied.
+func (s *Sidecar) loadEdgeCerts(cfg *config.Config) (map[string]*edgeCerts, error) {
+	next := map[string]*edgeCerts{}
+	if cfg.Edge == nil {
+		return next, nil
+	}
+	for _, l := range cfg.Edge.Listeners {
+		if l.TLS == nil {
+			continue
+		}
+		key := edgeKey(l)
+		if old := s.edgeCerts[l.Listen]; old != nil && old.key == key {
+			next[l.Listen] = old
+			continue
+		}
+		certs, err := edge.LoadCertificates(l.TLS.Certificates, l.TLS.ReloadInterval, s.log.With("listener", roleEdge, "addr", l.Listen))
+		if err != nil {
+			return nil, fmt.Errorf("edge listener %s: %w", l.Listen, err)
+		}
+		next[l.Listen] = &edgeCerts{certs: certs, key: key}
+	}
+	return next, nil
+}
+
+// startEdgeCerts makes next the running certificates: new ones start
+// watching their files, replaced ones stop.
+func (s *Sidecar) startEdgeCerts(next map[string]*edgeCerts) {
+	for _, ec := range next {
+		if ec.cancel == nil {
+			ctx, cancel := context.WithCancel(s.life)
+			ec.cancel = cancel
+			go ec.certs.Run(ctx)
+		}
+	}
+	for addr, old := range s.edgeCerts {
+		if next[addr] != old {
+			old.cancel()
+		}
+	}
+	s.edgeCerts = next
+}
+
+// edgeRouters builds the router of each edge listener of cfg over the
+// upstreams ups and the balancer variants.
+func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upstream, certs map[string]*edgeCerts) map[string]pipeline.Router {
+	out := map[string]pipeline.Router{}
+	if cfg.Edge == nil {
+		return out
+	}
+	table := edge.Compile(cfg.Edge.Routes)
+	backends := &edgeBackends{ups: ups, variants: variants, made: map[backendKey]pipeline.Handler{}}
+	fwd := &proxy.Forwarded{Trusted: cfg.TrustedPrefixes()}
+	for _, l := range cfg.Edge.Listeners {
+		filters := []pipeline.Filter{&proxy.Hygiene{Underscores: underscorePolicy(l.HeadersWithUnderscores)}, proxy.RequestID, fwd}
+		if l.RedirectToHTTPS {
+			out[l.Listen] = edge.HTTPSRedirect(l.HTTPSPort, filters)
+			continue
+		}
+		o := edge.RouterOptions{Table: table, Backends: backends, Filters: filters}
+		if ec := certs[l.Listen]; ec != nil {
+			o.Certificates = ec.certs
+		}
+		out[l.Listen] = edge.NewRouter(o)
+	}
+	return out
+}
+
+// variantKey names the upstream of service balanced by policy for the
+// edge routes that choose their own balancer.
+func variantKey(service, policy string) string { return service + "#" + policy }
+
+// edgeVariants returns the upstream configs the edge's balancer overrides
+// need: each backend service of such a route, with the route's policy.
+func edgeVariants(cfg *config.Config) map[string]config.Upstream {
+	out := map[string]config.Upstream{}
+	if cfg.Edge == nil {
+		return out
+	}
+	for _, r := range cfg.Edge.Routes {
+		if r.Balancer == "" {
+			continue
+		}
+		for _, b := range r.Backends {
+			for _, u := range cfg.Upstreams {
+				if u.Service == b.Service && u.Balancer != r.Balancer {
+					u.Balancer = r.Balancer
+					out[variantKey(b.Service, r.Balancer)] = u
+				}
+			}
+		}
+	}
+	return out
+}
+
+// edgeBackends implements edge.Backends over the running upstreams.
+type edgeBackends struct {
+	ups, variants map[string]*upstream
+	made          map[backendKey]pipeline.Handler
+}
+
+type backendKey struct {
+	route   *config.Route
+	service string
+}
+
+// Handler implements edge.Backends: the upstream's proxy, or the one of
+// the route's balancer, with the route's timeout and retries when it sets
+// them. Each route and service gets one handler, whatever the number of
+// listeners.
+func (b *edgeBackends) Handler(route *config.Route, service string) pipeline.Handler {
+	key := backendKey{route, service}
+	if h := b.made[key]; h != nil {
+		return h
+	}
+	u := b.ups[service]
+	if route.Balancer != "" {
+		if v := b.variants[variantKey(service, route.Balancer)]; v != nil {
+			u = v
+		}
+	}
+	var h pipeline.Handler
+	switch {
+	case u == nil || u.proxy == nil:
+		h = pipeline.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+			return pipeline.Errorf(http.StatusBadGateway, pipeline.KindNoRoute, "upstream %q is not an HTTP upstream", service)
+		})
+	case route.Timeout == 0 && route.Retries == nil:
+		h = u.proxy
+	default:
+		o := u.proxyOpts
+		if route.Timeout > 0 {
+			o.Timeout = route.Timeout
+		}
+		if route.Retries != nil {
+			o.Retry = retryPolicy(*route.Retries)
+		}
+		h = proxy.NewUpstream(o)
+	}
+	b.made[key] = h
+	return h
+}
+
+// edgeRouter routes an edge listener through the current route table.
+type edgeRouter struct {
+	s    *Sidecar
+	addr string
+}
+
+func (r edgeRouter) Route(req *http.Request) *pipeline.Route {
+	if rt := r.s.routes.Load().edge[r.addr]; rt != nil {
+		return rt.Route(req)
+	}
+	return nil // the listener is being removed
+}
