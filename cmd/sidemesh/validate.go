@@ -3,11 +3,33 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/edge"
 )
+
+// printRoutes writes, as YAML comments, the edge's compiled route table
+// in precedence order, and which listeners route by it.
+func printRoutes(w io.Writer, e *config.Edge) {
+	fmt.Fprintln(w, "# The edge's route table, compiled:")
+	for _, l := range e.Listeners {
+		switch {
+		case l.RedirectToHTTPS:
+			fmt.Fprintf(w, "#   listener %s redirects every request to https\n", l.Listen)
+		case l.TLS != nil:
+			fmt.Fprintf(w, "#   listener %s (TLS) routes by this table\n", l.Listen)
+		default:
+			fmt.Fprintf(w, "#   listener %s routes by this table\n", l.Listen)
+		}
+	}
+	for line := range strings.Lines(edge.Compile(e.Routes).Describe()) {
+		fmt.Fprint(w, "# ", line)
+	}
+}
 
 func newValidateCmd() *cobra.Command {
 	var path string
@@ -48,6 +70,9 @@ in.`,
 					return err
 				}
 				fmt.Fprint(cmd.OutOrStdout(), out)
+				if cfg.Edge != nil {
+					printRoutes(cmd.OutOrStdout(), cfg.Edge)
+				}
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", path)

@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"fmt"
+	"regexp"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -214,4 +215,25 @@ upstreams: [{ service: app, endpoints: [{ address: 127.0.0.1:2 }] }]
 		t.Errorf("a request no versioned route matched got a version error: %v", verr)
 	}
 	_ = http.StatusOK
+}
+
+// TestDescribe: the table as validate --print shows it, in precedence
+// order.
+func TestDescribe(t *testing.T) {
+	got := compile(t, precedenceRoutes).Describe()
+	squeeze := regexp.MustCompile(` {2,}`)
+	flat := squeeze.ReplaceAllString(got, " ")
+	for _, want := range []string{
+		"  shop.example.com\n    exact  /api/items                       -> exact-path\n    prefix /api/items                       -> prefix-api-items\n",
+		"    prefix /m                               [GET] -> method-get\n    prefix /m                               [header A=1, header B=1] -> headers-two\n",
+		"    regex  /re/[0-9]+                       -> re-regex\n  *.example.com",
+		"  *.example.com\n    exact  /wild                            -> wildcard-exact\n",
+	} {
+		if !strings.Contains(flat, squeeze.ReplaceAllString(want, " ")) {
+			t.Errorf("Describe() lacks\n%s\nin\n%s", want, got)
+		}
+	}
+	if strings.Index(got, "api.example.com") > strings.Index(got, "*.example.com") {
+		t.Errorf("exact hostnames must come before wildcards:\n%s", got)
+	}
 }
