@@ -1,11 +1,20 @@
 package edge_test
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+	"github.com/sidemesh/sidemesh/sidecar"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/edge"
 )
@@ -47,4 +56,82 @@ func BenchmarkMatch(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkEdgeTLS: requests through an edge route with TLS termination
+// (HTTP/1.1 keep-alive, parallel clients) to a backend on loopback; its
+// twin BenchmarkEdgeDirect sends the same requests to the backend itself.
+// Their ns/op ratio is the edge's cost.
+func BenchmarkEdgeTLS(b *testing.B) {
+	ca := newTestCA(b)
+	certFile, keyFile := ca.issue(b, "shop", "shop.example.com")
+	backend := benchBackend(b)
+	ln := meshtest.Listen(b)
+	addr := ln.Addr().String()
+	startEdgeB(b, fmt.Sprintf(`
+edge:
+  listeners: [{ listen: %s, tls: { certificates: [{ cert_file: %s, key_file: %s }] } }]
+  routes: [{ name: shop, hostnames: [shop.example.com], matches: [{ path: { prefix: /api } }], backends: [{ service: app }] }]
+upstreams: [{ service: app, endpoints: [{ address: %s }] }]
+`, addr, certFile, keyFile, backend), ln)
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, TLSClientConfig: &tls.Config{RootCAs: ca.roots},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}}
+	defer tr.CloseIdleConnections()
+	benchGet(b, &http.Client{Transport: tr}, "https://shop.example.com/api/items")
+}
+
+func BenchmarkEdgeDirect(b *testing.B) {
+	backend := benchBackend(b)
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	defer tr.CloseIdleConnections()
+	benchGet(b, &http.Client{Transport: tr}, "http://"+backend+"/api/items")
+}
+
+func benchBackend(b *testing.B) string {
+	ln := meshtest.Listen(b)
+	body := []byte(strings.Repeat("x", 1024))
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(body)
+	})}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+func benchGet(b *testing.B, c *http.Client, url string) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+		}
+	})
+}
+
+func startEdgeB(b *testing.B, yaml string, lns ...net.Listener) {
+	cfg, err := config.Parse("edge.yaml", []byte(yaml))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := sidecar.New(cfg, slog.New(slog.DiscardHandler), sidecar.WithListeners(lns...))
+	if err := s.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
 }

@@ -29,7 +29,7 @@ type testCA struct {
 	dir   string
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge test CA"},
@@ -47,7 +47,7 @@ func newTestCA(t *testing.T) *testCA {
 
 // issue writes a certificate for names to <dir>/<file>.pem and
 // <file>-key.pem and returns their paths.
-func (ca *testCA) issue(t *testing.T, file string, names ...string) (string, string) {
+func (ca *testCA) issue(t testing.TB, file string, names ...string) (string, string) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
@@ -67,7 +67,7 @@ func (ca *testCA) issue(t *testing.T, file string, names ...string) (string, str
 	return certFile, keyFile
 }
 
-func writeAtomic(t *testing.T, path string, data []byte) {
+func writeAtomic(t testing.TB, path string, data []byte) {
 	t.Helper()
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
