@@ -82,7 +82,7 @@ func (a adminState) Upstreams() []admin.Upstream {
 			e := admin.Endpoint{
 				ID: ep.ID, Address: ep.Addr, Weight: ep.Weight, Zone: ep.Zone,
 				InFlight: ep.InFlight(), Requests: ep.Requests(), Failures: ep.Failures(), LatencyMS: float64(ep.Latency()) / float64(time.Millisecond),
-				Breaker: ep.BreakerState().String(), Healthy: ep.Healthy(),
+				Breaker: ep.BreakerState().String(), Healthy: ep.Healthy(), HealthChecked: u.cfg.HealthCheck.Enabled(),
 			}
 			if until := ep.EjectedUntil(); !until.IsZero() {
 				e.EjectedUntil = &until
@@ -129,6 +129,12 @@ func (a adminState) Members() []admin.Member {
 
 // Metrics implements admin.Provider.
 func (a adminState) Metrics() http.Handler { return a.s.tel.MetricsHandler() }
+
+// Events implements admin.Provider.
+func (a adminState) Events() []admin.Event { return a.s.adminEvents() }
+
+// History implements admin.Provider.
+func (a adminState) History() admin.History { return a.s.adminHistory() }
 
 // Identity implements admin.Provider.
 func (a adminState) Identity() *admin.Identity {

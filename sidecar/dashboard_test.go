@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"image/png"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +47,21 @@ window.addEventListener('unhandledrejection', (e) => window.__problems.push('unh
 document.addEventListener('securitypolicyviolation', (e) => window.__problems.push('CSP violation: ' + e.violatedDirective + ' blocked ' + e.blockedURI));
 `
 
+// holdFetchJS runs in the page before its own script: it holds every
+// fetch the page makes until the test calls window.__releaseFetch(), so
+// the test can see what the page shows before its first poll returns,
+// and counts the fetches held in window.__fetchHeld.
+const holdFetchJS = `
+(() => {
+  const realFetch = window.fetch.bind(window);
+  let release;
+  const gate = new Promise((resolve) => { release = resolve; });
+  window.__fetchHeld = 0;
+  window.__releaseFetch = () => release();
+  window.fetch = (...args) => { window.__fetchHeld++; return gate.then(() => realFetch(...args)); };
+})();
+`
+
 // snapshotJS reads what the dashboard shows through its data-* hooks.
 const snapshotJS = `(() => {
   const rows = [...document.querySelectorAll('[data-upstream] tr[data-endpoint]')].map((tr) => {
@@ -56,7 +72,31 @@ const snapshotJS = `(() => {
     }
     return { upstream: tr.closest('[data-upstream]').dataset.upstream, endpoint: tr.dataset.endpoint, text, value };
   });
+  const loading = document.getElementById('loading');
+  const sparks = [...document.querySelectorAll('[data-spark]')].map((s) => {
+    const owner = s.closest('[data-upstream]');
+    const path = s.querySelector('path.l0');
+    return {
+      owner: owner ? owner.dataset.upstream : 'inbound',
+      name: s.dataset.spark,
+      points: Number(s.dataset.points || 0),
+      max: Number(s.dataset.max || 0),
+      total: Number(s.dataset.total || 0),
+      commands: ((path && path.getAttribute('d')) || '').match(/[ML]/g)?.length || 0,
+      visible: s.offsetParent !== null,
+      value: s.querySelector('.value').textContent,
+    };
+  });
+  const events = [...document.querySelectorAll('#events-body tr[data-event]')].map((tr) => ({
+    kind: tr.dataset.kind,
+    subject: tr.querySelector('[data-field="subject"]').textContent,
+    text: tr.innerText,
+  }));
   return {
+    loading: { visible: loading.offsetParent !== null, state: loading.dataset.state || '', text: loading.innerText },
+    fetchHeld: window.__fetchHeld || 0,
+    sparks,
+    events,
     connection: document.body.dataset.connection || '',
     ready: document.getElementById('ready').dataset.ready || '',
     refreshed: document.getElementById('refreshed').dataset.time || '',
@@ -70,10 +110,18 @@ const snapshotJS = `(() => {
 
 // dashboardDOM is what the dashboard shows, as snapshotJS reads it.
 type dashboardDOM struct {
-	Connection string `json:"connection"` // body's data-connection: connecting, ok, unreachable, error
-	Ready      string `json:"ready"`      // "true", "false", or "" before an answer
-	Refreshed  string `json:"refreshed"`  // the last successful refresh, RFC 3339
-	Banner     string `json:"banner"`
+	// Loading is the placeholder shown until the first poll returns.
+	Loading struct {
+		Visible     bool
+		State, Text string
+	} `json:"loading"`
+	FetchHeld  int              `json:"fetchHeld"` // fetches holdFetchJS held
+	Sparks     []dashboardSpark `json:"sparks"`
+	Events     []dashboardEvent `json:"events"`
+	Connection string           `json:"connection"` // body's data-connection: connecting, ok, unreachable, error
+	Ready      string           `json:"ready"`      // "true", "false", or "" before an answer
+	Refreshed  string           `json:"refreshed"`  // the last successful refresh, RFC 3339
+	Banner     string           `json:"banner"`
 	// Marker is true while the page is the one the test marked: it was
 	// not reloaded.
 	Marker   bool           `json:"marker"`
@@ -89,6 +137,49 @@ type dashboardRow struct {
 	Endpoint string            `json:"endpoint"`
 	Text     map[string]string `json:"text"`
 	Value    map[string]string `json:"value"`
+}
+
+// dashboardSpark is one sparkline: whose it is (an upstream, or
+// "inbound"), which (rate, errors, latency, retries), how many points it
+// drew (data-points, and the M/L commands of its first path), the
+// largest value (data-max), the retries in total (data-total) and the
+// value it shows.
+type dashboardSpark struct {
+	Owner    string  `json:"owner"`
+	Name     string  `json:"name"`
+	Points   int     `json:"points"`
+	Max      float64 `json:"max"`
+	Total    float64 `json:"total"`
+	Commands int     `json:"commands"`
+	Visible  bool    `json:"visible"`
+	Value    string  `json:"value"`
+}
+
+// dashboardEvent is one row of the events list.
+type dashboardEvent struct {
+	Kind    string `json:"kind"`
+	Subject string `json:"subject"`
+	Text    string `json:"text"`
+}
+
+// spark returns the sparkline name of owner, or nil.
+func (d dashboardDOM) spark(owner, name string) *dashboardSpark {
+	for i, s := range d.Sparks {
+		if s.Owner == owner && s.Name == name {
+			return &d.Sparks[i]
+		}
+	}
+	return nil
+}
+
+// event returns the first event of kind about subject, or nil.
+func (d dashboardDOM) event(kind, subject string) *dashboardEvent {
+	for i, e := range d.Events {
+		if e.Kind == kind && e.Subject == subject {
+			return &d.Events[i]
+		}
+	}
+	return nil
 }
 
 // row returns the row of endpoint addr in upstream, or nil.
@@ -164,25 +255,35 @@ func waitForDashboard(t *testing.T, ctx context.Context, what string, ok func(da
 }
 
 // TestDashboardInBrowser loads the admin dashboard in a headless Chromium
-// against a running sidecar and watches it, without reloading the page,
-// follow an endpoint that starts failing: its breaker opens and it is
-// ejected, while the other stays closed. It then takes the admin API away
-// and brings it back: the page says it is unreachable, and recovers.
+// against a running sidecar. Before its first poll returns, the page says
+// it is loading. Then it shows the endpoints, whose health is "not
+// checked" (the upstream has no health checks), and sparklines of the
+// traffic sent before. Without reloading the page, it follows an
+// endpoint that starts failing: its breaker opens and it is ejected,
+// while the other stays closed; the events list says so, and the retries
+// show. It then takes the admin API away and brings it back: the page
+// says it is unreachable, and recovers.
 func TestDashboardInBrowser(t *testing.T) {
 	chromium := chromiumPath(t)
 
 	good, bad := newControlledBackend(t, "good"), newControlledBackend(t, "bad")
 	good.latency.Store(int64(2 * time.Millisecond))
 	bad.latency.Store(int64(5 * time.Millisecond))
-	adminAddr, out := listenAddr(t), listenAddr(t)
+	app := namedBackend(t, "app")
+	appHost, appPort, _ := net.SplitHostPort(app)
+	adminAddr, out, in := listenAddr(t), listenAddr(t), listenAddr(t)
 	config := func(admin string) string {
-		return fmt.Sprintf("%s\noutbound: { listen: %s }\n%s", admin, out, breakerUpstream(good, bad))
+		return fmt.Sprintf("%s\nservice: { name: web, address: %s, port: %s }\ninbound: { listen: %s }\noutbound: { listen: %s }\n%s",
+			admin, appHost, appPort, in, out, breakerUpstream(good, bad))
 	}
 	withAdmin := config(fmt.Sprintf("admin: { listen: %s }", adminAddr))
 	s := start(t, parse(t, withAdmin))
 	client := newClient(t)
 	if failed := sendN(client, out, "svc", 20); len(failed) > 0 {
 		t.Fatalf("requests %v of 20 failed while both backends were healthy", failed)
+	}
+	if failed := sendN(client, in, "web", 5); len(failed) > 0 {
+		t.Fatalf("requests %v of 5 through the inbound listener failed", failed)
 	}
 
 	// One bound for everything the browser does; the browser lives as
@@ -201,7 +302,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	url := "http://" + adminAddr + "/"
 	if err := chromedp.Do(bctx,
 		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: problemsJS})
+			_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: problemsJS + holdFetchJS})
 			return err
 		}),
 		chromedp.Navigate(url),
@@ -209,8 +310,21 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("opening %s in %s: %v", url, chromium, err)
 	}
 
+	// 0. Before the first poll returns (the test holds it), the page says
+	// it is loading: not a blank page.
+	d := waitForDashboard(t, bctx, "the loading state while the first poll is held", func(d dashboardDOM) bool {
+		return d.FetchHeld > 0
+	})
+	if !d.Loading.Visible || d.Loading.State != "loading" || !strings.Contains(d.Text, "Loading the sidecar") ||
+		d.Connection != "connecting" || len(d.Rows) != 0 {
+		t.Errorf("before its first poll returned, the page shows (loading %+v, connection %q):\n%s", d.Loading, d.Connection, d.Text)
+	}
+	if _, err := chromedp.Run(bctx, chromedp.Evaluate[chromedp.Void](`window.__releaseFetch()`)); err != nil {
+		t.Fatal(err)
+	}
+
 	// 1. Both endpoints healthy, each with a latency.
-	d := waitForDashboard(t, bctx, "both endpoints closed, with a latency", func(d dashboardDOM) bool {
+	d = waitForDashboard(t, bctx, "both endpoints closed, with a latency", func(d dashboardDOM) bool {
 		g, b := d.row("svc", good.addr), d.row("svc", bad.addr)
 		return d.Connection == "ok" && d.Ready == "true" && g != nil && b != nil &&
 			g.Value["breaker"] == "closed" && b.Value["breaker"] == "closed" &&
@@ -221,10 +335,33 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Errorf("the page does not show endpoint %s; it shows:\n%s", addr, d.Text)
 		}
 		r := d.row("svc", addr)
-		if r.Text["inflight"] != "0" || r.Text["weight"] != "1" || r.Text["health"] != "healthy" ||
+		// svc has no active health checks: nothing says it is healthy.
+		if r.Text["inflight"] != "0" || r.Text["weight"] != "1" || r.Text["health"] != "not checked" || r.Value["health"] != "not checked" ||
 			r.Value["ejected"] != "" || r.number("requests") < 1 || r.Text["failures"] != "0" {
 			t.Errorf("healthy endpoint shown as %v", r)
 		}
+	}
+	if d.Loading.Visible || strings.Contains(d.Text, "Loading the sidecar") {
+		t.Errorf("the loading state stays after the first poll:\n%s", d.Text)
+	}
+	// The 20 requests sent before land in a 5 s interval of the history:
+	// the upstream's sparklines draw it.
+	d = waitForDashboard(t, bctx, "svc's and the inbound sparklines with the traffic", func(d dashboardDOM) bool {
+		r, i := d.spark("svc", "rate"), d.spark("inbound", "rate")
+		return r != nil && r.Points > 0 && r.Max > 0 && i != nil && i.Points > 0 && i.Max > 0
+	})
+	for _, name := range []string{"rate", "errors", "latency", "retries"} {
+		sp := d.spark("svc", name)
+		if sp == nil || !sp.Visible {
+			t.Errorf("svc has no visible %s sparkline: %+v", name, d.Sparks)
+		}
+	}
+	rate, lat := d.spark("svc", "rate"), d.spark("svc", "latency")
+	if rate.Commands != rate.Points || lat.Points < 1 || lat.Commands < 1 || lat.Max <= 0 || rate.Value == "\u2014" {
+		t.Errorf("sparklines: rate %+v, latency %+v; want the points drawn and a latency", rate, lat)
+	}
+	if i := d.spark("inbound", "rate"); !i.Visible || !strings.Contains(d.Text, "requests from the mesh") || d.spark("inbound", "retries") != nil {
+		t.Errorf("the inbound section (rate %+v, retries %+v) reads:\n%s", i, d.spark("inbound", "retries"), d.Text)
 	}
 	if !strings.Contains(d.Text, "ready") || d.Refreshed == "" {
 		t.Errorf("the page shows neither readiness nor the last refresh: ready %q, refreshed %q", d.Ready, d.Refreshed)
@@ -259,6 +396,22 @@ func TestDashboardInBrowser(t *testing.T) {
 	if !strings.Contains(d.Text, "1/2 available") {
 		t.Errorf("the upstream does not show 1/2 available; the page shows:\n%s", d.Text)
 	}
+	// The events list says what happened to the failing endpoint, and
+	// nothing of the other.
+	d = waitForDashboard(t, bctx, "the breaker opening in the events list", func(d dashboardDOM) bool {
+		return d.event("breaker_opened", "svc/"+bad.addr) != nil && d.event("ejected", "svc/"+bad.addr) != nil
+	})
+	if e := d.event("breaker_opened", "svc/"+bad.addr); !strings.Contains(e.Text, "breaker opened") || !strings.Contains(d.Text, "svc/"+bad.addr) {
+		t.Errorf("the breaker event reads %q; the page shows:\n%s", e.Text, d.Text)
+	}
+	if d.event("breaker_opened", "svc/"+good.addr) != nil {
+		t.Errorf("the events list has the good endpoint's breaker opening: %+v", d.Events)
+	}
+	// The retries the failures caused show once sampled.
+	waitForDashboard(t, bctx, "svc's retries", func(d dashboardDOM) bool {
+		r := d.spark("svc", "retries")
+		return r != nil && r.Total >= 1 && r.Max >= 1 && strings.Contains(r.Value, "in 5 min")
+	})
 
 	// 3. The admin API goes away, and comes back.
 	if err := s.Reload(context.Background(), parse(t, config(""))); err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -68,5 +69,30 @@ upstreams:
 	}
 	if n := hits.Load(); n != 0 {
 		t.Errorf("backend got %d requests", n)
+	}
+}
+
+// TestOutboundAsHTTPProxy: an app that knows nothing of sidemesh but
+// honours HTTP_PROXY (Go, curl, Python requests...) sends absolute-form
+// requests ("GET http://catalog/items") to the outbound listener, which
+// routes them by the host like any other.
+func TestOutboundAsHTTPProxy(t *testing.T) {
+	backend := namedBackend(t, "catalog says hi")
+	out := listenAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+upstreams: [{ service: catalog, endpoints: [{ address: %s }] }]
+`, out, backend)))
+	proxy, _ := url.Parse("http://" + out)
+	tr := &http.Transport{Proxy: http.ProxyURL(proxy)}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://catalog/items")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "catalog says hi" {
+		t.Fatalf("through HTTP_PROXY: %d %q", resp.StatusCode, body)
 	}
 }

@@ -190,8 +190,10 @@ func (s *Sidecar) Reload(ctx context.Context, cfg *config.Config) error {
 		return errors.New("sidecar: reload of a sidecar that is not running")
 	}
 	if err := s.apply(ctx, cfg); err != nil {
+		s.RecordReload(err)
 		return err
 	}
+	s.RecordReload(nil)
 	s.log.Info("config reloaded", "listeners", len(s.servers), "upstreams", len(s.upstreams))
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,12 +24,17 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 	o := telemetry.Options{
 		Logger:   s.log,
 		Resource: telemetry.ResourceOptions{ServiceName: "sidemesh", Mode: "sidecar", Version: buildinfo.Version()},
+		Build:    telemetry.BuildInfo{Version: buildinfo.Version(), Commit: buildinfo.Commit()},
 		Observed: telemetry.Observed{
 			Endpoints:     s.observeEndpoints,
 			Discovery:     s.observeDiscovery,
+			Upstreams:     s.observeRetrying,
 			GossipMembers: s.observeMembers,
 			LeafExpiry:    s.observeLeaf,
 		},
+	}
+	if s.backends != nil && s.backends.pool != nil {
+		o.Observed.Members = s.observeMemberList
 	}
 	if cfg.Service != nil {
 		o.Resource.ServiceName = cfg.Service.Name
@@ -119,6 +125,8 @@ func (s *Sidecar) observeEndpoints() []telemetry.EndpointState {
 			out = append(out, telemetry.EndpointState{
 				Upstream: name, Endpoint: ep.Addr, Breaker: ep.BreakerState().String(),
 				Ejected: ep.EjectedUntil().After(now), Healthy: ep.Healthy(),
+				HasBreaker: u.cfg.CircuitBreaker.Enabled, HasOutlier: u.cfg.Outlier.Enabled,
+				HealthChecked: u.cfg.HealthCheck.Enabled(),
 			})
 		}
 	}
@@ -134,6 +142,7 @@ func (s *Sidecar) observeDiscovery() []telemetry.DiscoveryState {
 			Upstream:     name,
 			Backend:      strings.Join(u.w.key.Sources, "+"),
 			LastSnapshot: u.w.lastSnapshot(),
+			Static:       slices.Equal(u.w.key.Sources, []string{config.SourceStatic}),
 		}
 		if src := u.w.consul; src != nil {
 			d.Errors = src.Errors()
@@ -143,12 +152,37 @@ func (s *Sidecar) observeDiscovery() []telemetry.DiscoveryState {
 	return out
 }
 
-// observeMembers counts the live gossip members; 0 without gossip.
-func (s *Sidecar) observeMembers() int {
-	if s.backends == nil || s.backends.pool == nil {
-		return 0
+// observeRetrying names the upstreams whose retry counters are
+// reported: the HTTP upstreams with retries on.
+func (s *Sidecar) observeRetrying() []string {
+	t := s.routes.Load()
+	var out []string
+	for name, u := range t.byName {
+		if u.proxy != nil && u.cfg.Retries.Attempts > 0 {
+			out = append(out, name)
+		}
 	}
-	return s.backends.pool.NumMembers()
+	return out
+}
+
+// observeMembers counts the live gossip members; ok is false without
+// gossip.
+func (s *Sidecar) observeMembers() (int, bool) {
+	if s.backends == nil || s.backends.pool == nil {
+		return 0, false
+	}
+	return s.backends.pool.NumMembers(), true
+}
+
+// observeMemberList lists the gossip members, for membership events.
+// Set only with gossip.
+func (s *Sidecar) observeMemberList() []telemetry.Member {
+	ms := s.backends.pool.Members()
+	out := make([]telemetry.Member, len(ms))
+	for i, m := range ms {
+		out[i] = telemetry.Member{Name: m.Name, Addr: m.Addr, State: m.State.String()}
+	}
+	return out
 }
 
 // observeLeaf returns when the sidecar's certificate expires.

@@ -91,8 +91,8 @@ func keyOf(cfg config.Upstream) balancerKey {
 	return balancerKey{cfg.Balancer, cfg.HashOn, cfg.CircuitBreaker, cfg.Outlier}
 }
 
-// newBalancer builds the balancer cfg asks for; its events are logged and
-// counted in metrics.
+// newBalancer builds the balancer cfg asks for; its events are logged,
+// counted in metrics and kept in the admin API's event log.
 func newBalancer(cfg config.Upstream, log *slog.Logger, metrics *telemetry.Metrics) *balancer.Balancer {
 	policy, err := balancer.NewPolicy(cfg.Balancer, balancer.PolicyOptions{HashOn: cfg.HashOn})
 	if err != nil { // validated by config
@@ -102,6 +102,7 @@ func newBalancer(cfg config.Upstream, log *slog.Logger, metrics *telemetry.Metri
 	opts := balancer.Options{OnEvent: func(ev balancer.Event) {
 		logEvent(log, ev)
 		countEvent(metrics, ev)
+		recordEvent(metrics, ev)
 	}}
 	if cb := cfg.CircuitBreaker; cb.Enabled {
 		opts.Breaker = &breaker.Settings{
@@ -146,6 +147,13 @@ func countEvent(metrics *telemetry.Metrics, ev balancer.Event) {
 	case balancer.Ejected:
 		metrics.Ejection(ev.Service, addr)
 	}
+}
+
+// recordEvent keeps an endpoint's availability change in the event log
+// the admin API serves at /events (see events.go).
+func recordEvent(metrics *telemetry.Metrics, ev balancer.Event) {
+	subject, detail := describeEvent(ev)
+	metrics.RecordEvent(string(ev.Kind), subject, detail)
 }
 
 // logEvent logs a change in an endpoint's availability; losing an

@@ -23,15 +23,17 @@ type Client struct {
 	t        *Telemetry
 	upstream string
 	policy   string
+	counters *upstreamCounters // shared by every Client of the upstream
 }
 
 // Client returns the telemetry of the tries sent to upstream, balanced
-// by policy. Nil for a nil t.
+// by policy. Clients of one upstream name share its retry counters, so
+// they keep counting across reloads. Nil for a nil t.
 func (t *Telemetry) Client(upstream, policy string) *Client {
 	if t == nil {
 		return nil
 	}
-	return &Client{t: t, upstream: upstream, policy: policy}
+	return &Client{t: t, upstream: upstream, policy: policy, counters: t.metrics.upstreamCounters(upstream)}
 }
 
 // TryInfo describes one try.
@@ -120,17 +122,18 @@ func (tr Try) End(status int, errKind string) {
 	tr.span.End()
 }
 
-// Retry counts a retry of the upstream.
+// Retry counts a retry of the upstream. It does not allocate.
 func (c *Client) Retry() {
 	if c != nil {
-		c.t.metrics.retry(c.upstream)
+		c.counters.retries.Add(1)
 	}
 }
 
-// RetryBudgetExhausted counts a retry the upstream's budget refused.
+// RetryBudgetExhausted counts a retry the upstream's budget refused. It
+// does not allocate.
 func (c *Client) RetryBudgetExhausted() {
 	if c != nil {
-		c.t.metrics.retryBudgetExhausted(c.upstream)
+		c.counters.budgetOut.Add(1)
 	}
 }
 

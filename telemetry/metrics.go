@@ -73,8 +73,6 @@ type Metrics struct {
 	serverActive   metric.Int64UpDownCounter
 	clientDuration metric.Float64Histogram
 	clientActive   metric.Int64UpDownCounter
-	retries        metric.Int64Counter
-	budgetOut      metric.Int64Counter
 	transitions    metric.Int64Counter
 	ejections      metric.Int64Counter
 	denials        metric.Int64Counter
@@ -88,6 +86,18 @@ type Metrics struct {
 	// going for weeks), sets are built per measurement.
 	sets   sync.Map // seriesKey -> metric.MeasurementOption
 	cached atomic.Int64
+
+	// servers holds the server side's series by listener and service
+	// (serverKey -> *serverSeries): the in-flight gauge's attributes and
+	// the counters the history samples.
+	servers     sync.Map
+	serverCount atomic.Int64
+	// upstreams holds every upstream's retry counters, reported by an
+	// observable counter (so that they start at 0) and sampled by the
+	// history.
+	upstreams upstreamMap
+	// events is the event log RecordEvent writes to; nil records none.
+	events *EventLog
 }
 
 // maxCachedSeries bounds Metrics.sets. The SDK itself keeps at most 2000
@@ -144,12 +154,6 @@ func newMetrics(m metric.Meter) (*Metrics, error) {
 	note(err)
 	x.clientActive, err = m.Int64UpDownCounter("http.client.active_requests", metric.WithUnit("{request}"),
 		metric.WithDescription("Tries in flight to an upstream endpoint."))
-	note(err)
-	x.retries, err = m.Int64Counter("sidemesh.upstream.retries", metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries sent to an upstream."))
-	note(err)
-	x.budgetOut, err = m.Int64Counter("sidemesh.upstream.retry_budget.exhausted", metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries an upstream's retry budget refused."))
 	note(err)
 	x.transitions, err = m.Int64Counter("sidemesh.endpoint.breaker.transitions", metric.WithUnit("{transition}"),
 		metric.WithDescription("Circuit breaker state changes, by the state entered."))
@@ -214,7 +218,7 @@ func (m *Metrics) serverStart(ctx context.Context, listener, service string) {
 	if m == nil {
 		return
 	}
-	m.serverActive.Add(ctx, 1, m.serverActiveOpt(listener, service))
+	m.serverActive.Add(ctx, 1, m.server(listener, service).active)
 }
 
 func (m *Metrics) serverActiveOpt(listener, service string) metric.MeasurementOption {
@@ -227,7 +231,9 @@ func (m *Metrics) serverEnd(ctx context.Context, listener, service, method strin
 	if m == nil {
 		return
 	}
-	m.serverActive.Add(ctx, -1, m.serverActiveOpt(listener, service))
+	srv := m.server(listener, service)
+	m.serverActive.Add(ctx, -1, srv.active)
+	srv.stats.record(status, d)
 	method = methodName(method)
 	m.serverDuration.Record(ctx, d.Seconds(), m.set(seriesKey{kind: seriesServer, a: listener, b: service, method: method, status: status}, func() []attribute.KeyValue {
 		kv := []attribute.KeyValue{KeyListener.String(listener), KeyService.String(service), keyMethod.String(method)}
@@ -300,18 +306,13 @@ func (m *Metrics) upstreamOpt(upstream string) metric.MeasurementOption {
 	})
 }
 
-// retry counts a retry sent to upstream.
-func (m *Metrics) retry(upstream string) {
-	if m != nil {
-		m.retries.Add(context.Background(), 1, m.upstreamOpt(upstream))
+// upstreamCounters returns the retry counters of upstream, creating them
+// the first time; nil for a nil m.
+func (m *Metrics) upstreamCounters(upstream string) *upstreamCounters {
+	if m == nil {
+		return nil
 	}
-}
-
-// retryBudgetExhausted counts a retry upstream's budget refused.
-func (m *Metrics) retryBudgetExhausted(upstream string) {
-	if m != nil {
-		m.budgetOut.Add(context.Background(), 1, m.upstreamOpt(upstream))
-	}
+	return m.upstreams.get(upstream, true)
 }
 
 // BreakerTransition counts an endpoint's breaker entering state (closed,

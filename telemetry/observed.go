@@ -19,8 +19,14 @@ type EndpointState struct {
 	Breaker string
 	// Ejected reports an outlier ejection in force.
 	Ejected bool
-	// Healthy reports passing active health checks (true without them).
+	// Healthy reports passing active health checks.
 	Healthy bool
+	// HasBreaker, HasOutlier and HealthChecked say which of the
+	// upstream's features are on: circuit breakers, outlier ejection,
+	// active health checks. The breaker state, ejected and healthy series
+	// of a feature that is off are not reported at all (an endpoint that
+	// no health check covers is not known to be healthy).
+	HasBreaker, HasOutlier, HealthChecked bool
 }
 
 // DiscoveryState is an upstream's discovery feed at the moment metrics are
@@ -33,18 +39,32 @@ type DiscoveryState struct {
 	// LastSnapshot is when the feed last delivered endpoints; zero before
 	// the first.
 	LastSnapshot time.Time
+	// Static reports a feed of static endpoints only: it delivers once,
+	// from the config, and is never stale, so no snapshot age is
+	// reported for it.
+	Static bool
 	// Errors counts the failures of the feed's watch since it started
 	// (Consul queries that failed); 0 for backends that cannot fail.
 	Errors uint64
 }
 
 // Observed supplies the values metrics read at each collection rather
-// than on the request path. Every func may be nil; each is called from
-// the collecting goroutine and must not block for long.
+// than on the request path. Every func may be nil, which reports
+// nothing of its kind; each is called from the collecting goroutine (or,
+// for Members, the history goroutine) and must not block for long.
 type Observed struct {
-	Endpoints     func() []EndpointState
-	Discovery     func() []DiscoveryState
-	GossipMembers func() int
+	Endpoints func() []EndpointState
+	Discovery func() []DiscoveryState
+	// Upstreams returns the upstreams whose retry counters are reported,
+	// 0 until their first retry, so that a rate can be taken from the
+	// start. Nil reports every upstream a Client was made for.
+	Upstreams func() []string
+	// GossipMembers returns the live members of the gossip pool; ok is
+	// false without one, and no series is reported.
+	GossipMembers func() (n int, ok bool)
+	// Members returns the gossip pool's members, polled every second to
+	// record who joined and left in the event log; nil without gossip.
+	Members func() []Member
 	// LeafExpiry returns when the sidecar's certificate expires; ok is
 	// false without mutual TLS or before a certificate is loaded.
 	LeafExpiry func() (notAfter time.Time, ok bool)
@@ -54,8 +74,9 @@ type Observed struct {
 // state set: 1 for the current state, 0 for the others.
 var breakerStates = []string{"closed", "half-open", "open"}
 
-// observe registers the instruments o feeds on meter.
-func observe(meter metric.Meter, o Observed) error {
+// observe registers on meter the instruments o feeds, and those of m's
+// retry counters.
+func observe(meter metric.Meter, m *Metrics, o Observed) error {
 	// The 0/1 gauges have no unit: "1" would make Prometheus names end in
 	// _ratio.
 	breaker, err1 := meter.Int64ObservableGauge("sidemesh.endpoint.breaker.state",
@@ -63,7 +84,7 @@ func observe(meter metric.Meter, o Observed) error {
 	ejected, err2 := meter.Int64ObservableGauge("sidemesh.endpoint.ejected",
 		metric.WithDescription("1 while an endpoint is ejected as an outlier."))
 	healthy, err3 := meter.Int64ObservableGauge("sidemesh.endpoint.healthy",
-		metric.WithDescription("1 while an endpoint passes its active health checks (or has none)."))
+		metric.WithDescription("1 while an endpoint passes its active health checks, 0 while it fails them; only for upstreams with health checks."))
 	age, err4 := meter.Float64ObservableGauge("sidemesh.discovery.snapshot.age", metric.WithUnit("s"),
 		metric.WithDescription("Seconds since an upstream's discovery feed last delivered endpoints."))
 	errs, err5 := meter.Int64ObservableCounter("sidemesh.discovery.errors", metric.WithUnit("{error}"),
@@ -72,7 +93,11 @@ func observe(meter metric.Meter, o Observed) error {
 		metric.WithDescription("Live members of the gossip pool, this sidecar included."))
 	expiry, err7 := meter.Float64ObservableGauge("sidemesh.tls.certificate.expiry", metric.WithUnit("s"),
 		metric.WithDescription("Seconds until the sidecar's own certificate expires; negative once expired."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7} {
+	retries, err8 := meter.Int64ObservableCounter("sidemesh.upstream.retries", metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries sent to an upstream."))
+	budgetOut, err9 := meter.Int64ObservableCounter("sidemesh.upstream.retry_budget.exhausted", metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries an upstream's retry budget refused."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -81,29 +106,47 @@ func observe(meter metric.Meter, o Observed) error {
 		if o.Endpoints != nil {
 			for _, e := range o.Endpoints() {
 				base := []attribute.KeyValue{KeyUpstream.String(e.Upstream), KeyEndpoint.String(e.Endpoint)}
-				for _, s := range breakerStates {
-					v := int64(0)
-					if s == e.Breaker {
-						v = 1
+				if e.HasBreaker {
+					for _, s := range breakerStates {
+						v := int64(0)
+						if s == e.Breaker {
+							v = 1
+						}
+						ob.ObserveInt64(breaker, v, metric.WithAttributes(append(base[:2:2], KeyBreakerState.String(s))...))
 					}
-					ob.ObserveInt64(breaker, v, metric.WithAttributes(append(base[:2:2], KeyBreakerState.String(s))...))
 				}
-				ob.ObserveInt64(ejected, boolInt(e.Ejected), metric.WithAttributes(base...))
-				ob.ObserveInt64(healthy, boolInt(e.Healthy), metric.WithAttributes(base...))
+				if e.HasOutlier {
+					ob.ObserveInt64(ejected, boolInt(e.Ejected), metric.WithAttributes(base...))
+				}
+				if e.HealthChecked {
+					ob.ObserveInt64(healthy, boolInt(e.Healthy), metric.WithAttributes(base...))
+				}
 			}
 		}
 		if o.Discovery != nil {
 			now := time.Now()
 			for _, d := range o.Discovery() {
 				attrs := metric.WithAttributes(KeyUpstream.String(d.Upstream), KeyBackend.String(d.Backend))
-				if !d.LastSnapshot.IsZero() {
+				if !d.LastSnapshot.IsZero() && !d.Static {
 					ob.ObserveFloat64(age, now.Sub(d.LastSnapshot).Seconds(), attrs)
 				}
 				ob.ObserveInt64(errs, int64(d.Errors), attrs)
 			}
 		}
+		names := m.upstreams.names
+		if o.Upstreams != nil {
+			names = o.Upstreams
+		}
+		for _, name := range names() {
+			c := m.upstreamCounters(name)
+			attrs := m.upstreamOpt(name)
+			ob.ObserveInt64(retries, int64(c.retries.Load()), attrs)
+			ob.ObserveInt64(budgetOut, int64(c.budgetOut.Load()), attrs)
+		}
 		if o.GossipMembers != nil {
-			ob.ObserveInt64(members, int64(o.GossipMembers()))
+			if n, ok := o.GossipMembers(); ok {
+				ob.ObserveInt64(members, int64(n))
+			}
 		}
 		if o.LeafExpiry != nil {
 			if t, ok := o.LeafExpiry(); ok {
@@ -111,7 +154,7 @@ func observe(meter metric.Meter, o Observed) error {
 			}
 		}
 		return nil
-	}, breaker, ejected, healthy, age, errs, members, expiry)
+	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

@@ -8,9 +8,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/propagation"
@@ -35,17 +39,31 @@ type Options struct {
 	MetricsExport *MetricsExportOptions
 	// AccessLog receives one JSON line per request. Nil means none.
 	AccessLog io.Writer
-	// Observed feeds the metrics read at collection time.
+	// Observed feeds the metrics read at collection time, and the
+	// gossip membership events.
 	Observed Observed
+	// Build labels the sidemesh_build_info series of MetricsHandler.
+	Build BuildInfo
 	// Logger receives export failures, rate-limited. Nil means
 	// slog.Default(). The OpenTelemetry SDK's error handler is
 	// process-wide: the last Telemetry created sets it.
 	Logger *slog.Logger
 }
 
-// Telemetry is one process's tracer, meters and access log. Its methods
-// are safe for concurrent use. A nil *Telemetry records nothing, so
-// callers need no checks of their own.
+// BuildInfo says which build is running, for the sidemesh_build_info
+// series (the Go version is added). Empty fields are exported as empty
+// label values.
+type BuildInfo struct {
+	// Version is the release, e.g. v0.4.0 or devel-1a2b3c4d5e6f.
+	Version string
+	// Commit is the VCS revision the binary was built from.
+	Commit string
+}
+
+// Telemetry is one process's tracer, meters, access log, and the event
+// log and traffic history of the admin API. Its methods are safe for
+// concurrent use. A nil *Telemetry records nothing, so callers need no
+// checks of their own.
 type Telemetry struct {
 	tp         *sdktrace.TracerProvider // nil when tracing is off
 	tracer     trace.Tracer             // nil when tracing is off
@@ -54,6 +72,14 @@ type Telemetry struct {
 	registry   *prometheus.Registry
 	metrics    *Metrics
 	access     *slog.Logger // nil when the access log is off
+	events     *EventLog
+	history    *history
+
+	// The goroutine sampling the history: stop ends it, done is closed
+	// when it has.
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // New starts the telemetry o asks for. The OTLP exporters connect lazily:
@@ -75,11 +101,14 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 	case err != nil:
 		return nil, err
 	}
-	t := &Telemetry{propagator: Propagator(), registry: prometheus.NewRegistry()}
+	t := &Telemetry{propagator: Propagator(), registry: prometheus.NewRegistry(), events: NewEventLog(DefaultEventLogSize)}
 
 	prom, err := otelprom.New(otelprom.WithRegisterer(t.registry), otelprom.WithoutScopeInfo())
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
+	}
+	if err := registerProcessMetrics(t.registry, o.Build); err != nil {
+		return nil, err
 	}
 	readers := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(prom)}
 	if o.MetricsExport != nil {
@@ -95,7 +124,8 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 		t.mp.Shutdown(ctx)
 		return nil, err
 	}
-	if err := observe(meter, o.Observed); err != nil {
+	t.metrics.events = t.events
+	if err := observe(meter, t.metrics, o.Observed); err != nil {
 		t.mp.Shutdown(ctx)
 		return nil, err
 	}
@@ -112,7 +142,32 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 	if o.AccessLog != nil {
 		t.access = newAccessLogger(o.AccessLog)
 	}
+	t.history = newHistory(t.metrics, time.Now())
+	t.stop, t.done = make(chan struct{}), make(chan struct{})
+	t.startLoop(o.Observed.Members, t.stop, t.done)
 	return t, nil
+}
+
+// registerProcessMetrics registers on r the Go runtime's go_* series, the
+// process's process_* series (CPU, memory, open files; on Linux) and
+// sidemesh_build_info.
+func registerProcessMetrics(r *prometheus.Registry, b BuildInfo) error {
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "sidemesh_build_info",
+		Help:        "Always 1; its labels say which build of sidemesh is running.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "commit": b.Commit, "goversion": runtime.Version()},
+	})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		info,
+	} {
+		if err := r.Register(c); err != nil {
+			return fmt.Errorf("telemetry: registering process metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // disabled reports OTEL_SDK_DISABLED=true: no OTLP export of any kind
@@ -146,12 +201,15 @@ func (t *Telemetry) MetricsHandler() http.Handler {
 }
 
 // Shutdown flushes pending spans and metrics within ctx's deadline and
-// stops the exporters; what cannot be sent in time is dropped. Safe to
-// call on a nil t.
+// stops the exporters and the history sampling; what cannot be sent in
+// time is dropped. The event log and the history stay readable. Safe to
+// call on a nil t, and more than once.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	if t == nil {
 		return nil
 	}
+	t.stopOnce.Do(func() { close(t.stop) })
+	<-t.done
 	var errs []error
 	if t.tp != nil {
 		if err := t.tp.Shutdown(ctx); err != nil {

@@ -131,6 +131,7 @@ func reload(ctx context.Context, sc *sidecar.Sidecar, path string, log *slog.Log
 		} else {
 			log.Error("reload rejected; keeping the running config", "err", err)
 		}
+		sc.RecordReload(err)
 		return
 	}
 	if err := sc.Reload(ctx, cfg); err != nil {

@@ -1,7 +1,8 @@
 // Package admin serves a sidecar's admin API: liveness, readiness, the
-// effective config, and the state of its upstreams, discovery backends,
-// gossip pool and identity, as JSON. It listens on loopback by default;
-// it changes nothing.
+// effective config, the state of its upstreams, discovery backends,
+// gossip pool and identity, recent availability events and traffic
+// history, as JSON. It listens on loopback by default; it changes
+// nothing.
 package admin
 
 import (
@@ -29,6 +30,12 @@ type Provider interface {
 	Identity() *Identity
 	// Metrics serves the sidecar's metrics in the Prometheus text format.
 	Metrics() http.Handler
+	// Events returns the recent availability events, newest first: at
+	// most the last 100.
+	Events() []Event
+	// History returns the recent traffic of each upstream and of the
+	// inbound listener.
+	History() History
 }
 
 // Upstream is one upstream service and its endpoints.
@@ -54,7 +61,11 @@ type Endpoint struct {
 	Breaker   string  `json:"breaker"`
 	// EjectedUntil is set while the endpoint is ejected.
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
-	Healthy      bool       `json:"healthy"`
+	// Healthy reports passing active health checks; it is true when
+	// HealthChecked is false, which says the upstream has no active
+	// health checks: the endpoint's health is then unknown.
+	Healthy       bool `json:"healthy"`
+	HealthChecked bool `json:"health_checked"`
 }
 
 // Source is the state of one discovery backend watch.
@@ -81,6 +92,66 @@ type Identity struct {
 	ExpiresInSeconds float64 `json:"expires_in_seconds"`
 }
 
+// Event is one change in the availability of what the sidecar depends
+// on.
+type Event struct {
+	// Seq numbers events in the order they happened, from 1.
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	// Kind is one of breaker_opened, breaker_half_open, breaker_closed,
+	// ejected, restored, unhealthy, healthy (an endpoint);
+	// member_joined, member_left, member_failed (a gossip member);
+	// config_reloaded, config_rejected.
+	Kind string `json:"kind"`
+	// Subject is "upstream/host:port" for an endpoint, the member's name,
+	// or "config".
+	Subject string `json:"subject"`
+	Detail  string `json:"detail"`
+}
+
+// History is the recent traffic of the sidecar, one point per interval.
+type History struct {
+	// IntervalSeconds is the length of one point (5); WindowSeconds how
+	// far back points go (300).
+	IntervalSeconds float64         `json:"interval_seconds"`
+	WindowSeconds   float64         `json:"window_seconds"`
+	Series          []HistorySeries `json:"series"`
+}
+
+// HistorySeries is the traffic of the local service through the inbound
+// listener, or of one HTTP upstream through the outbound listener (and
+// its own listener, if it has one). Its slices are parallel, one entry
+// per interval, oldest first; they are empty until the first interval
+// that ends after a request.
+type HistorySeries struct {
+	// Listener is inbound or outbound.
+	Listener string `json:"listener"`
+	Service  string `json:"service"`
+	// Time is when each interval ended, in Unix milliseconds.
+	Time []int64 `json:"time"`
+	// RequestsPerSecond counts requests that ended in the interval;
+	// ErrorsPerSecond those answered with a 5xx (the sidecar's own
+	// failures included) or not at all.
+	RequestsPerSecond []float64 `json:"requests_per_second"`
+	ErrorsPerSecond   []float64 `json:"errors_per_second"`
+	// P50MS and P99MS are the median and 99th percentile latency of
+	// those requests, in milliseconds (within 12.5%); 0 for an interval
+	// without requests.
+	P50MS []float64 `json:"p50_ms"`
+	P99MS []float64 `json:"p99_ms"`
+	// Retries is set for an upstream with retries on.
+	Retries *RetryHistory `json:"retries,omitempty"`
+}
+
+// RetryHistory is an upstream's retries: in total since the sidecar
+// started, and per interval (parallel to the series' Time).
+type RetryHistory struct {
+	Total                      uint64   `json:"total"`
+	BudgetExhaustedTotal       uint64   `json:"budget_exhausted_total"`
+	PerInterval                []uint64 `json:"per_interval"`
+	BudgetExhaustedPerInterval []uint64 `json:"budget_exhausted_per_interval"`
+}
+
 // Handler returns the admin API:
 //
 //	GET /            the dashboard: upstreams and endpoints, refreshing itself
@@ -92,6 +163,8 @@ type Identity struct {
 //	GET /members     gossip members
 //	GET /identity    the certificate's SPIFFE ID and seconds until it expires
 //	GET /metrics     every metric, Prometheus text format
+//	GET /events      the last 100 availability events, newest first
+//	GET /history     traffic per upstream and inbound, 5 s points over 5 minutes
 func Handler(p Provider) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", dashboard())
@@ -117,6 +190,14 @@ func Handler(p Provider) http.Handler {
 	})
 	mux.HandleFunc("GET /members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Members()))
+	})
+	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, nonNil(p.Events()))
+	})
+	mux.HandleFunc("GET /history", func(w http.ResponseWriter, r *http.Request) {
+		h := p.History()
+		h.Series = nonNil(h.Series)
+		writeJSON(w, http.StatusOK, h)
 	})
 	mux.HandleFunc("GET /identity", func(w http.ResponseWriter, r *http.Request) {
 		id := p.Identity()

@@ -28,6 +28,16 @@ func (f *fake) Upstreams() []Upstream {
 func (f *fake) Discovery() []Source { return nil }
 func (f *fake) Members() []Member   { return nil }
 func (f *fake) Identity() *Identity { return f.id }
+func (f *fake) Events() []Event {
+	return []Event{{Seq: 2, Time: time.Unix(200, 0).UTC(), Kind: "breaker_opened", Subject: "cart/10.0.0.1:80", Detail: "circuit breaker opened"}}
+}
+func (f *fake) History() History {
+	return History{IntervalSeconds: 5, WindowSeconds: 300, Series: []HistorySeries{
+		{Listener: "inbound", Service: "web", Time: []int64{}, RequestsPerSecond: []float64{}, ErrorsPerSecond: []float64{}, P50MS: []float64{}, P99MS: []float64{}},
+		{Listener: "outbound", Service: "cart", Time: []int64{5000}, RequestsPerSecond: []float64{2}, ErrorsPerSecond: []float64{0.2}, P50MS: []float64{1.5}, P99MS: []float64{9},
+			Retries: &RetryHistory{Total: 3, PerInterval: []uint64{1}, BudgetExhaustedPerInterval: []uint64{0}}},
+	}}
+}
 func (f *fake) Metrics() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics\n") })
 }
@@ -75,6 +85,22 @@ func TestHandler(t *testing.T) {
 	}
 	if code, _, _ := get(t, h, "/identity"); code != 404 {
 		t.Errorf("/identity without mTLS = %d, want 404", code)
+	}
+	if code, _, list := get(t, h, "/events"); code != 200 || len(list) != 1 ||
+		list[0].(map[string]any)["kind"] != "breaker_opened" || list[0].(map[string]any)["seq"] != 2.0 {
+		t.Errorf("/events = %d %v", code, list)
+	}
+	code, hist, _ := get(t, h, "/history")
+	series, _ := hist["series"].([]any)
+	if code != 200 || hist["interval_seconds"] != 5.0 || len(series) != 2 {
+		t.Fatalf("/history = %d %v", code, hist)
+	}
+	in, out := series[0].(map[string]any), series[1].(map[string]any)
+	if in["listener"] != "inbound" || in["retries"] != nil || in["time"] == nil {
+		t.Errorf("inbound series = %v, want no retries and an empty (not null) time", in)
+	}
+	if r, _ := out["retries"].(map[string]any); out["service"] != "cart" || r["total"] != 3.0 || out["p99_ms"].([]any)[0] != 9.0 {
+		t.Errorf("outbound series = %v", out)
 	}
 	f.id = &Identity{SPIFFEID: "spiffe://mesh.local/ns/default/svc/cart", ExpiresInSeconds: 42}
 	if code, body, _ := get(t, h, "/identity"); code != 200 || body["expires_in_seconds"] != 42.0 {

@@ -44,7 +44,13 @@ func TestDashboard(t *testing.T) {
 	if !strings.HasPrefix(body, "<!doctype html>") || !strings.Contains(body, "</html>") {
 		t.Errorf("GET / is not a whole HTML document: %.200s", body)
 	}
-	for _, want := range []string{"'endpoints'", "'ready'", "'members'", "dataset.upstream", "dataset.endpoint", "dataset.field", "setTimeout(refresh"} {
+	// Before its script has fetched anything, the page says it is
+	// loading rather than showing nothing.
+	if !strings.Contains(body, `<section id="loading"`) || !strings.Contains(body, "Loading the sidecar") {
+		t.Errorf("the page has no loading state in its markup")
+	}
+	for _, want := range []string{"'endpoints'", "'ready'", "'members'", "'history'", "'events'", "dataset.upstream", "dataset.endpoint", "dataset.field",
+		"dataset.spark", "dataset.points", "dataset.kind", "'not checked'", "setTimeout(refresh"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the page lacks %s", want)
 		}
