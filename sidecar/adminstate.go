@@ -10,6 +10,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/edge"
 )
 
 // adminState is the admin API's view of a Sidecar.
@@ -121,8 +122,36 @@ func (a adminState) Members() []admin.Member {
 		return nil
 	}
 	var out []admin.Member
+	store := a.s.backends.pool.Store()
 	for _, m := range a.s.backends.pool.Members() {
-		out = append(out, admin.Member{Name: m.Name, Addr: m.Addr, State: m.State.String(), Since: m.Since})
+		am := admin.Member{Name: m.Name, Addr: m.Addr, State: m.State.String(), Since: m.Since}
+		if e, ok := store.Get(routeDigestKey(m.Name)); ok {
+			am.RouteDigest = string(e.Value)
+		}
+		out = append(out, am)
+	}
+	return out
+}
+
+// Routes implements admin.Provider.
+func (a adminState) Routes() *admin.Routes {
+	cfg := a.s.Config()
+	if cfg.Edge == nil {
+		return nil
+	}
+	out := &admin.Routes{Table: edge.Compile(cfg.Edge.Routes).Describe(), Digest: routeDigest(cfg.Edge)}
+	for _, r := range cfg.Edge.Routes {
+		ar := admin.Route{Name: r.Name, Hostnames: r.Hostnames, Redirect: r.Redirect != nil}
+		for _, m := range r.Matches {
+			ar.Matches = append(ar.Matches, describeMatch(m))
+		}
+		if len(ar.Matches) == 0 {
+			ar.Matches = []string{"prefix /"}
+		}
+		for _, b := range r.Backends {
+			ar.Backends = append(ar.Backends, admin.Backend{Service: b.Service, Weight: b.Weight})
+		}
+		out.Routes = append(out.Routes, ar)
 	}
 	return out
 }

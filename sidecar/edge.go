@@ -2,9 +2,15 @@ package sidecar
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
+	"strings"
 
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sidemesh/sidemesh/discovery/gossip"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/edge"
 	"github.com/sidemesh/sidemesh/sidecar/pipeline"
@@ -173,6 +179,56 @@ func (b *edgeBackends) Handler(route *config.Route, service string) pipeline.Han
 	}
 	b.made[key] = h
 	return h
+}
+
+// routeDigestKey is the gossip store key under which member publishes
+// the digest of its routes.
+func routeDigestKey(member string) string { return "edge/routes/" + member }
+
+// routeDigest identifies e's routes: the first 12 hex digits of the
+// SHA-256 of their YAML.
+func routeDigest(e *config.Edge) string {
+	b, _ := yaml.Marshal(e.Routes)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
+}
+
+// publishRouteDigest puts the digest of cfg's routes in the gossip pool,
+// tied to this member, so that /members on any member shows which edges
+// serve which routes.
+func (s *Sidecar) publishRouteDigest(cfg *config.Config) {
+	if cfg.Edge == nil || s.backends == nil || s.backends.pool == nil {
+		return
+	}
+	pool := s.backends.pool
+	if err := pool.Store().Set(routeDigestKey(pool.Name()), []byte(routeDigest(cfg.Edge)), gossip.SetOptions{Tied: true}); err != nil {
+		s.log.Warn("gossip: publish the route digest", "err", err)
+	}
+}
+
+// describeMatch writes a route match for the admin API.
+func describeMatch(m config.RouteMatch) string {
+	var parts []string
+	switch p := m.Path; {
+	case p == nil:
+		parts = append(parts, "prefix /")
+	case p.Exact != "":
+		parts = append(parts, "exact "+p.Exact)
+	case p.Prefix != "":
+		parts = append(parts, "prefix "+p.Prefix)
+	default:
+		parts = append(parts, "regex "+p.Regex)
+	}
+	if m.Method != "" {
+		parts = append(parts, m.Method)
+	}
+	for _, h := range m.Headers {
+		parts = append(parts, "header "+h.Name)
+	}
+	for _, q := range m.Query {
+		parts = append(parts, "query "+q.Name)
+	}
+	return strings.Join(parts, " ")
 }
 
 // edgeRouter routes an edge listener through the current route table.

@@ -277,6 +277,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		s.backends.publish(cfg)
 	}
 	s.cfg.Store(cfg)
+	s.publishRouteDigest(cfg)
 
 	// Servers: keep the unchanged, start the new, drain the replaced.
 	for addr, spec := range specs {

@@ -49,6 +49,9 @@ func (t *Telemetry) logAccess(ctx context.Context, r *http.Request, rec *ServerR
 		slog.Int64("bytes_out", rec.BytesOut),
 		slog.String("client", remoteHost(r.RemoteAddr)),
 	)
+	if rec.Route != "" {
+		attrs = append(attrs, slog.String("route", rec.Route))
+	}
 	if rec.Upstream != "" {
 		attrs = append(attrs,
 			slog.String("upstream", rec.Upstream),

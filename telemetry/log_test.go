@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestNewLogger(t *testing.T) {
@@ -14,13 +15,13 @@ func TestNewLogger(t *testing.T) {
 		t.Fatal(err)
 	}
 	log.Info("hidden")
-	log.Warn("shown", "k", "v")
+	log.Warn("shown", "k", "v", "waited", 1500*time.Millisecond)
 	var rec map[string]any
 	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
 		t.Fatalf("not one JSON line: %q: %v", buf.String(), err)
 	}
-	if rec["msg"] != "shown" || rec["k"] != "v" {
-		t.Fatalf("record = %v", rec)
+	if rec["msg"] != "shown" || rec["k"] != "v" || rec["waited"] != "1.5s" {
+		t.Fatalf("record = %v, want a duration written as text", rec)
 	}
 
 	buf.Reset()

@@ -49,6 +49,7 @@ const (
 	keyServerAddr   = attribute.Key("server.address")
 	keyServerPort   = attribute.Key("server.port")
 	keyResendCount  = attribute.Key("http.request.resend_count")
+	keyRoute        = attribute.Key("http.route")
 	keyPeerService  = attribute.Key("peer.service")
 	keyURLPath      = attribute.Key("url.path")
 	keyURLScheme    = attribute.Key("url.scheme")

@@ -18,6 +18,9 @@ import (
 type ServerRecord struct {
 	// Listener and Service are the labels BeginServer was given.
 	Listener, Service string
+	// Route names the route that served the request (the span's
+	// http.route); empty when none did.
+	Route string
 	// Start is when the request arrived.
 	Start time.Time
 	// Status is the response status; 0 when nothing was written (the
@@ -113,6 +116,9 @@ func endServerSpan(span trace.Span, rec *ServerRecord) {
 	status := rec.Status
 	if status > 0 {
 		span.SetAttributes(keyStatus.Int(status))
+	}
+	if rec.Route != "" {
+		span.SetAttributes(keyRoute.String(rec.Route))
 	}
 	if rec.Upstream != "" {
 		span.SetAttributes(KeyUpstream.String(rec.Upstream))

@@ -36,6 +36,35 @@ type Provider interface {
 	// History returns the recent traffic of each upstream and of the
 	// inbound listener.
 	History() History
+	// Routes returns the edge's routes; nil for a sidecar without an edge.
+	Routes() *Routes
+}
+
+// Routes are an edge's routes: each as written, and the compiled table
+// in precedence order.
+type Routes struct {
+	Routes []Route `json:"routes"`
+	// Table is the compiled table as `sidemesh validate --print` shows
+	// it: the order in which routes are tried.
+	Table string `json:"table"`
+	// Digest identifies the route config; every edge serving the same
+	// routes has the same one (see Member.RouteDigest).
+	Digest string `json:"digest"`
+}
+
+// Route is one edge route.
+type Route struct {
+	Name      string    `json:"name"`
+	Hostnames []string  `json:"hostnames,omitempty"`
+	Matches   []string  `json:"matches"`
+	Backends  []Backend `json:"backends,omitempty"`
+	Redirect  bool      `json:"redirect,omitempty"`
+}
+
+// Backend is a route's service and its share.
+type Backend struct {
+	Service string `json:"service"`
+	Weight  int    `json:"weight"`
 }
 
 // Upstream is one upstream service and its endpoints.
@@ -82,6 +111,10 @@ type Member struct {
 	Addr  string    `json:"addr"`
 	State string    `json:"state"`
 	Since time.Time `json:"since"`
+	// RouteDigest is the digest of the routes the member serves, for an
+	// edge: members whose digests differ serve different configs, and one
+	// left behind by a failed reload stands out.
+	RouteDigest string `json:"route_digest,omitempty"`
 }
 
 // Identity is the sidecar's own certificate.
@@ -163,6 +196,7 @@ type RetryHistory struct {
 //	GET /members     gossip members
 //	GET /identity    the certificate's SPIFFE ID and seconds until it expires
 //	GET /metrics     every metric, Prometheus text format
+//	GET /routes      an edge's routes and its compiled table; null without an edge
 //	GET /events      the last 100 availability events, newest first
 //	GET /history     traffic per upstream and inbound, 5 s points over 5 minutes
 func Handler(p Provider) http.Handler {
@@ -190,6 +224,9 @@ func Handler(p Provider) http.Handler {
 	})
 	mux.HandleFunc("GET /members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Members()))
+	})
+	mux.HandleFunc("GET /routes", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, p.Routes())
 	})
 	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Events()))

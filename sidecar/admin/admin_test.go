@@ -15,6 +15,7 @@ type fake struct {
 	id     *Identity
 }
 
+func (f *fake) Routes() *Routes { return nil }
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
 func (f *fake) Config() any {
 	return map[string]any{"outbound": map[string]string{"listen": "127.0.0.1:15001"}}

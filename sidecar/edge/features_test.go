@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -197,7 +198,9 @@ upstreams:
 	c.Close(websocket.StatusNormalClosure, "")
 }
 
-type echoService struct{ testpb.UnimplementedTestServiceServer }
+type echoService struct {
+	testpb.UnimplementedTestServiceServer
+}
 
 func (echoService) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
@@ -258,3 +261,64 @@ upstreams:
 }
 
 var _ = net.Dial
+
+// TestAdminRoutesAndDigest: /routes shows an edge's routes and compiled
+// table; /members shows every edge's route digest, equal for edges that
+// serve the same routes and different after one is reloaded with others.
+func TestAdminRoutesAndDigest(t *testing.T) {
+	backend := startRecordingBackend(t, "app")
+	edgeLn, adminLn := meshtest.Listen(t), meshtest.Listen(t)
+	gossipAddr := meshtest.FreeAddr(t)
+	cfgFor := func(routes string) string {
+		return fmt.Sprintf(`
+edge:
+  listeners: [{ listen: %s }]
+  routes: [%s]
+admin: { listen: %s }
+discovery: { gossip: { bind: %s, insecure: true, profile: local } }
+upstreams: [{ service: app, endpoints: [{ address: %s }] }]
+`, edgeLn.Addr(), routes, adminLn.Addr(), gossipAddr, backend.addr)
+	}
+	s := startEdge(t, cfgFor(`{ name: shop, hostnames: [shop.example.com], backends: [{ service: app }] }`), edgeLn, adminLn)
+	var routes struct {
+		Routes []struct {
+			Name      string
+			Hostnames []string
+			Matches   []string
+		}
+		Table, Digest string
+	}
+	adminJSON(t, adminLn.Addr().String(), "/routes", &routes)
+	if len(routes.Routes) != 1 || routes.Routes[0].Name != "shop" || routes.Routes[0].Matches[0] != "prefix /" ||
+		!strings.Contains(routes.Table, "shop.example.com") || len(routes.Digest) != 12 {
+		t.Fatalf("/routes = %+v", routes)
+	}
+	digest := func() string {
+		var members []struct {
+			Name        string `json:"name"`
+			RouteDigest string `json:"route_digest"`
+		}
+		adminJSON(t, adminLn.Addr().String(), "/members", &members)
+		if len(members) != 1 {
+			t.Fatalf("/members = %+v", members)
+		}
+		return members[0].RouteDigest
+	}
+	meshtest.WaitFor(t, 5*time.Second, "the digest on /members", func() bool { return digest() == routes.Digest })
+	if err := s.Reload(t.Context(), parseEdge(t, cfgFor(`{ name: shop, hostnames: [www.example.com], backends: [{ service: app }] }`))); err != nil {
+		t.Fatal(err)
+	}
+	meshtest.WaitFor(t, 5*time.Second, "a new digest after the reload", func() bool { d := digest(); return d != "" && d != routes.Digest })
+}
+
+func adminJSON(t *testing.T, addr, path string, v any) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}

@@ -2,10 +2,10 @@ package edge_test
 
 import (
 	"fmt"
-	"regexp"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -60,7 +60,7 @@ var precedenceCases = []precedenceCase{
 	{host: "shop.example.com", target: "/q?x=1", want: "query-one"},
 	{host: "shop.example.com", target: "/q?x=1&y=2", want: "query-two"},
 	{host: "shop.example.com", target: "/tie/x", want: "tie-first"},
-	{host: "shop.example.com", target: "/re/12", want: "re-prefix"}, // regex paths rank after prefixes
+	{host: "shop.example.com", target: "/re/12", want: "re-prefix"},           // regex paths rank after prefixes
 	{host: "SHOP.example.com:8443", target: "/api/items", want: "exact-path"}, // case and port ignored
 	{host: "other.example.com", target: "/wild", want: "wildcard-exact"},
 	{host: "a.b.example.com", target: "/wild", want: "wildcard-exact"},

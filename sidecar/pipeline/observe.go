@@ -25,7 +25,7 @@ func (o telemetryObserver) Begin(ctx context.Context, r *http.Request, info *Inf
 
 func (o telemetryObserver) End(ctx context.Context, r *http.Request, info *Info) {
 	rec := telemetry.ServerRecord{
-		Listener: info.Listener, Service: info.Service, Start: info.Start,
+		Listener: info.Listener, Service: info.Service, Route: info.Route, Start: info.Start,
 		Status: info.Status, BytesIn: info.BytesIn, BytesOut: info.BytesOut,
 		Upstream: info.Upstream, Endpoint: info.Endpoint, Tries: info.Tries,
 		Peer: info.Peer, PolicyRule: info.PolicyRule, PolicyAllowed: info.PolicyAllowed,
