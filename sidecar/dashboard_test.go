@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -254,6 +255,33 @@ func waitForDashboard(t *testing.T, ctx context.Context, what string, ok func(da
 	}
 }
 
+// openDashboard opens url in a headless chromium that runs script in
+// every new document before the page's own, and returns the browser's
+// context. The browser lives for at most a minute, and ends with the test.
+func openDashboard(t *testing.T, chromium, url, script string) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	actx, acancel := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox, // the tests run as root
+		chromedp.WindowSize(1280, 720),
+	)...)
+	t.Cleanup(acancel)
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(bcancel)
+	if err := chromedp.Do(bctx,
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: script})
+			return err
+		}),
+		chromedp.Navigate(url),
+	); err != nil {
+		t.Fatalf("opening %s in %s: %v", url, chromium, err)
+	}
+	return bctx
+}
+
 // TestDashboardInBrowser loads the admin dashboard in a headless Chromium
 // against a running sidecar. Before its first poll returns, the page says
 // it is loading. Then it shows the endpoints, whose health is "not
@@ -286,29 +314,8 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("requests %v of 5 through the inbound listener failed", failed)
 	}
 
-	// One bound for everything the browser does; the browser lives as
-	// long as ctx.
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	actx, acancel := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium),
-		chromedp.NoSandbox, // the tests run as root
-		chromedp.WindowSize(1280, 720),
-	)...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-
 	url := "http://" + adminAddr + "/"
-	if err := chromedp.Do(bctx,
-		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: problemsJS + holdFetchJS})
-			return err
-		}),
-		chromedp.Navigate(url),
-	); err != nil {
-		t.Fatalf("opening %s in %s: %v", url, chromium, err)
-	}
+	bctx := openDashboard(t, chromium, url, problemsJS+holdFetchJS)
 
 	// 0. Before the first poll returns (the test holds it), the page says
 	// it is loading: not a blank page.
@@ -330,6 +337,9 @@ func TestDashboardInBrowser(t *testing.T) {
 			g.Value["breaker"] == "closed" && b.Value["breaker"] == "closed" &&
 			g.number("latency") > 0 && b.number("latency") > 0
 	})
+	if strings.Contains(d.Text, "edge routes") {
+		t.Errorf("a sidecar without an edge shows a routes section:\n%s", d.Text)
+	}
 	for _, addr := range []string{good.addr, bad.addr} {
 		if !strings.Contains(d.Text, addr) {
 			t.Errorf("the page does not show endpoint %s; it shows:\n%s", addr, d.Text)
@@ -452,5 +462,54 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Fatalf("SIDEMESH_DASHBOARD_PNG: %v", err)
 		}
 		t.Logf("screenshot (%dx%d) in %s", img.Bounds().Dx(), img.Bounds().Dy(), p)
+	}
+}
+
+// TestDashboardRoutesInBrowser: an edge's dashboard lists its routes
+// with their hostnames, matches and weighted backends, and the digest its
+// peers compare; a redirect route says so.
+func TestDashboardRoutesInBrowser(t *testing.T) {
+	chromium := chromiumPath(t)
+	backend := namedBackend(t, "cart")
+	adminAddr, edgeAddr := listenAddr(t), listenAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+admin: { listen: %s }
+edge:
+  listeners: [{ listen: %s }]
+  routes:
+    - name: cart-api
+      hostnames: [shop.example.com]
+      matches: [{ path: { prefix: /api/cart }, method: GET }]
+      backends: [{ service: cart, weight: 90 }, { service: cart-canary, weight: 10 }]
+    - { name: old-shop, matches: [{ path: { exact: /shop } }], redirect: { path: { full: / } } }
+upstreams:
+  - { service: cart, endpoints: [{ address: %s }] }
+  - { service: cart-canary, endpoints: [{ address: %s }] }
+`, adminAddr, edgeAddr, backend, backend)))
+
+	bctx := openDashboard(t, chromium, "http://"+adminAddr+"/", problemsJS)
+	d := waitForDashboard(t, bctx, "the edge's routes", func(d dashboardDOM) bool {
+		return d.Connection == "ok" && strings.Contains(d.Text, "edge routes")
+	})
+	lines := map[string]string{}
+	for _, line := range strings.Split(d.Text, "\n") {
+		for _, name := range []string{"cart-api", "old-shop"} {
+			if strings.HasPrefix(strings.TrimSpace(line), name) {
+				lines[name] = line
+			}
+		}
+	}
+	for name, want := range map[string][]string{
+		"cart-api": {"shop.example.com", "GET", "prefix /api/cart", "cart 90", "cart-canary 10"},
+		"old-shop": {"any host", "exact /shop", "redirect"},
+	} {
+		for _, w := range want {
+			if !strings.Contains(lines[name], w) {
+				t.Errorf("route %s's row %q lacks %q; the page shows:\n%s", name, lines[name], w, d.Text)
+			}
+		}
+	}
+	if !regexp.MustCompile(`2 routes, digest [0-9a-f]{8,}`).MatchString(d.Text) {
+		t.Errorf("the routes section does not give the count and digest; the page shows:\n%s", d.Text)
 	}
 }

@@ -226,7 +226,12 @@ func Handler(p Provider) http.Handler {
 		writeJSON(w, http.StatusOK, nonNil(p.Members()))
 	})
 	mux.HandleFunc("GET /routes", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, p.Routes())
+		routes := p.Routes()
+		if routes == nil {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no edge section: this sidecar has no routes"})
+			return
+		}
+		writeJSON(w, http.StatusOK, routes)
 	})
 	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Events()))

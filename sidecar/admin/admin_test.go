@@ -84,6 +84,9 @@ func TestHandler(t *testing.T) {
 	if code, _, list := get(t, h, "/members"); code != 200 || list == nil || len(list) != 0 {
 		t.Errorf("/members without gossip = %d %v, want []", code, list)
 	}
+	if code, _, _ := get(t, h, "/routes"); code != 404 {
+		t.Errorf("/routes without an edge = %d, want 404", code)
+	}
 	if code, _, _ := get(t, h, "/identity"); code != 404 {
 		t.Errorf("/identity without mTLS = %d, want 404", code)
 	}

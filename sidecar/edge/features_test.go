@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,11 +16,13 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/sidemesh/sidemesh/internal/meshtest"
+	"github.com/sidemesh/sidemesh/telemetry/otlptest"
 )
 
 // TestWeightedSplit: 1,000 requests over a 90/10 split land within
@@ -320,5 +324,83 @@ func adminJSON(t *testing.T, addr, path string, v any) {
 	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// TestRouteInSpanAndAccessLog: the route a request matched names its
+// server span's http.route and its access log line's "route"; a request
+// no route matches has neither.
+func TestRouteInSpanAndAccessLog(t *testing.T) {
+	rcv := otlptest.Start(t)
+	app := startEchoBackend(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	ln := meshtest.Listen(t)
+	addr := ln.Addr().String()
+	startEdge(t, fmt.Sprintf(`
+edge:
+  listeners: [{ listen: %s }]
+  routes:
+    - { name: cart-api, hostnames: [shop.example.com], matches: [{ path: { prefix: /api/cart } }], backends: [{ service: cart }] }
+upstreams: [{ service: cart, endpoints: [{ address: %s }] }]
+telemetry:
+  access_log: %s
+  tracing: { otlp_endpoint: %s, sample_ratio: 1 }
+`, addr, app, logPath, rcv.GRPCAddr()), ln)
+	c := newClient(t)
+	if code, body, _ := send(t, c, "GET", addr, "shop.example.com", "/api/cart/7", nil); code != 200 {
+		t.Fatalf("routed request: %d %q", code, body)
+	}
+	if code, body, _ := send(t, c, "GET", addr, "shop.example.com", "/nowhere", nil); code != 404 {
+		t.Fatalf("unrouted request: %d %q", code, body)
+	}
+
+	servers := func(spans []otlptest.Span) (out []otlptest.Span) {
+		for _, s := range spans {
+			if s.Kind == tracepb.Span_SPAN_KIND_SERVER {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	spans := servers(rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool { return len(servers(s)) >= 2 }))
+	byPath := map[string]otlptest.Span{}
+	for _, s := range spans {
+		byPath[fmt.Sprint(s.Attributes["url.path"])] = s
+	}
+	if got := byPath["/api/cart/7"].Attributes["http.route"]; got != "cart-api" {
+		t.Errorf("routed server span: http.route = %v, want cart-api (%v)", got, byPath["/api/cart/7"].Attributes)
+	}
+	if got, ok := byPath["/nowhere"].Attributes["http.route"]; ok {
+		t.Errorf("unrouted server span has http.route = %v", got)
+	}
+
+	var lines []map[string]any
+	meshtest.Eventually(t, 5*time.Second, "two access log lines", func() error {
+		lines = nil
+		data, _ := os.ReadFile(logPath)
+		for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil {
+				lines = append(lines, m)
+			}
+		}
+		if len(lines) < 2 {
+			return fmt.Errorf("%d lines", len(lines))
+		}
+		return nil
+	})
+	for _, l := range lines {
+		switch l["path"] {
+		case "/api/cart/7":
+			if l["route"] != "cart-api" || l["listener"] != "edge" || l["status"] != 200.0 {
+				t.Errorf("routed access line = %v, want route cart-api, listener edge, status 200", l)
+			}
+		case "/nowhere":
+			if _, ok := l["route"]; ok || l["status"] != 404.0 {
+				t.Errorf("unrouted access line = %v, want no route and status 404", l)
+			}
+		default:
+			t.Errorf("unexpected access line %v", l)
+		}
 	}
 }
