@@ -1,6 +1,9 @@
 # sidemesh — build, demo, test.
 #
-#   make demo    build the binary and run a small mesh on loopback (Ctrl-C stops it)
+#   make demo    build the binary and run a small mesh on loopback, narrated in
+#                phases (gossip, mTLS, a failure, a slow instance, a denial,
+#                a member leaving); configs and logs stay in demo-run/;
+#                Ctrl-C stops it
 #   make test    go vet, every test with the race detector, then every fuzz
 #                target for a few seconds (what CI runs); builds the pinned
 #                Consul the integration tests start, once

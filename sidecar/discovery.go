@@ -19,7 +19,8 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/health"
 )
 
-// leaveTimeout bounds the graceful leave of the gossip pool at shutdown.
+// leaveTimeout bounds the graceful leave of the gossip pool at shutdown,
+// which also ends with the drain deadline.
 const leaveTimeout = 5 * time.Second
 
 // backends are the discovery backends of a running sidecar: the Consul
@@ -305,10 +306,8 @@ func (b *backends) stop(ctx context.Context, withdraw bool) {
 	b.loops.Wait()
 	switch {
 	case b.registrar != nil && withdraw:
-		if err := b.registrar.Deregister(ctx); err != nil {
+		if err := b.registrar.Deregister(ctx); err != nil { // it logs success itself
 			b.log.Warn("consul deregistration failed", "err", err)
-		} else {
-			b.log.Info("deregistered from consul")
 		}
 		b.registrar = nil
 	case b.registrar != nil:
@@ -316,8 +315,16 @@ func (b *backends) stop(ctx context.Context, withdraw bool) {
 		b.registrar = nil
 	}
 	if b.pool != nil {
-		if err := b.pool.Leave(leaveTimeout); err != nil {
-			b.log.Warn("gossip leave failed", "err", err)
+		// The leave gets what is left of the drain deadline, at most
+		// leaveTimeout. It returns early when no peer is left to hear it
+		// (the whole pool stopping at once), and errs only when live
+		// peers may not have heard: they then drop this member after
+		// failure detection, sending to it meanwhile.
+		lctx, cancel := context.WithTimeout(ctx, leaveTimeout)
+		err := b.pool.Leave(lctx)
+		cancel()
+		if err != nil {
+			b.log.Warn("gossip leave not confirmed; peers will drop this member after failure detection", "err", err)
 		}
 		if err := b.pool.Shutdown(); err != nil {
 			b.log.Warn("gossip shutdown failed", "err", err)

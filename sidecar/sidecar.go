@@ -137,8 +137,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		ln.Close() // handed over, but the config does not listen there
 		delete(s.adopted, addr)
 	}
-	s.started.Store(true)
-	s.log.Info("sidecar started", "listeners", len(s.servers), "upstreams", len(s.upstreams))
+	s.started.Store(true) // the caller says it runs: each listener said where
 	return nil
 }
 

@@ -122,6 +122,11 @@ type Pool struct {
 	left   bool
 	wg     sync.WaitGroup
 
+	// leaving tracks memberlist's wait for the leave announcement, which
+	// Leave may return before (see Leave); Shutdown does not wait for it,
+	// the package's tests do, so that none outlives a test.
+	leaving sync.WaitGroup
+
 	viewMu  sync.Mutex
 	viewGen uint64
 	view    map[string][]discovery.Endpoint // service -> healthy endpoints by ID; never mutated
@@ -167,7 +172,7 @@ func Start(c Config) (*Pool, error) {
 		p.wg.Add(1)
 		go p.joinLoop(c.Join)
 	}
-	logger.Info("gossip: started", "addr", p.Addr(), "encrypted", len(mlc.SecretKey) > 0)
+	logger.Info("listening", "role", "gossip", "addr", p.Addr(), "encrypted", len(mlc.SecretKey) > 0)
 	return p, nil
 }
 
@@ -477,11 +482,28 @@ func (p *Pool) Addr() string { return p.ml.LocalNode().Address() }
 // Name returns this member's node name.
 func (p *Pool) Name() string { return p.name }
 
+// leavePoll is how often Leave checks whether any other member is still
+// alive to hear the announcement.
+const leavePoll = 10 * time.Millisecond
+
+// maxLeaveWait bounds memberlist's own wait for the announcement when the
+// context given to Leave has no deadline.
+const maxLeaveWait = time.Minute
+
 // Leave leaves the pool gracefully: it announces the departure and waits
-// up to timeout (0: no limit) for the announcement to go out. Other
-// members drop this member's instances as soon as they hear it. The pool
-// keeps running until Shutdown, but publishes nothing more.
-func (p *Pool) Leave(timeout time.Duration) error {
+// until the announcement has gone out, until no other member is alive to
+// hear it (every peer left or died meanwhile, as when a whole mesh stops
+// at once), or until ctx is done, whichever comes first. Other members
+// drop this member's instances as soon as they hear. The pool keeps
+// running until Shutdown, but publishes nothing more.
+//
+// It returns an error (wrapping ctx's when ctx ended) only when the wait
+// ended while live members might not have heard: they then drop this
+// member after failure detection instead. memberlist's own wait for the
+// announcement cannot be cut short; when Leave returns before it, that
+// wait ends by itself at ctx's deadline (or after maxLeaveWait without
+// one), holding nothing that Shutdown needs.
+func (p *Pool) Leave(ctx context.Context) error {
 	p.life.Lock()
 	defer p.life.Unlock()
 	p.mu.Lock()
@@ -491,12 +513,66 @@ func (p *Pool) Leave(timeout time.Duration) error {
 	if closed {
 		return errors.New("gossip: leave: pool is shut down")
 	}
-	p.store.leave()
-	if err := p.ml.Leave(timeout); err != nil {
-		return fmt.Errorf("gossip: leave: %w", err)
+	wait := maxLeaveWait
+	if deadline, ok := ctx.Deadline(); ok {
+		wait = max(time.Until(deadline), time.Millisecond) // memberlist reads 0 as no limit
 	}
-	p.log.Info("gossip: left the pool")
-	return nil
+	p.store.leave()
+	done := make(chan error, 1)
+	p.leaving.Add(1)
+	go func() { // it may outlive Leave: see the doc comment
+		defer p.leaving.Done()
+		done <- p.ml.Leave(wait)
+	}()
+	tick := time.NewTicker(leavePoll)
+	defer tick.Stop()
+	expired := ctx.Done()
+	for {
+		select {
+		case err := <-done:
+			_, others := p.leaveState()
+			switch {
+			case err == nil:
+				p.log.Info("gossip: left the pool")
+				return nil
+			case !others:
+				p.log.Info("gossip: left the pool; no live member was left to hear it")
+				return nil
+			case ctx.Err() != nil:
+				return fmt.Errorf("gossip: leave: announcement not confirmed: %w", ctx.Err())
+			}
+			return fmt.Errorf("gossip: leave: %w", err)
+		case <-expired:
+			expired = nil
+		case <-tick.C:
+		}
+		// memberlist marks this member as left before it waits; returning
+		// earlier would let a Shutdown overtake its Leave, which panics.
+		marked, others := p.leaveState()
+		switch {
+		case !marked:
+		case !others:
+			p.log.Info("gossip: left the pool; no live member was left to hear it")
+			return nil
+		case ctx.Err() != nil:
+			return fmt.Errorf("gossip: leave: announcement not confirmed: %w", ctx.Err())
+		}
+	}
+}
+
+// leaveState reports whether memberlist has marked this member as left,
+// and whether another member is alive (or suspect) and so could still
+// hear it leave.
+func (p *Pool) leaveState() (left, others bool) {
+	left = true
+	for _, n := range p.ml.Members() {
+		if n.Name == p.name {
+			left = false
+		} else {
+			others = true
+		}
+	}
+	return left, others
 }
 
 // Shutdown stops the member without announcing it (call Leave first for a
@@ -504,9 +580,10 @@ func (p *Pool) Leave(timeout time.Duration) error {
 // failure detection). It closes every Watch channel and Store
 // subscription and returns once the pool's own goroutines have exited and
 // memberlist's listeners are closed (memberlist's remaining goroutines
-// see its shutdown signal and exit within moments); a join attempt in
-// flight can delay it by up to memberlist's TCP timeout. Calling it again
-// does nothing.
+// see its shutdown signal and exit within moments; a wait for a leave
+// announcement that Leave returned before ends at Leave's deadline); a
+// join attempt in flight can delay it by up to memberlist's TCP timeout.
+// Calling it again does nothing.
 func (p *Pool) Shutdown() error {
 	p.life.Lock()
 	defer p.life.Unlock()

@@ -3,12 +3,14 @@ package gossip
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,7 +215,7 @@ func TestThreeMembers(t *testing.T) {
 
 	// Graceful leave: the others drop c's instance as soon as they hear.
 	start := time.Now()
-	if err := c.Leave(5 * time.Second); err != nil {
+	if err := c.Leave(leaveCtx(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	meshtest.WaitFor(t, 5*time.Second, "c's instance to disappear after Leave", allSee(pools[:2], "a-1", "b-1"))
@@ -307,7 +309,7 @@ func TestWatchSemantics(t *testing.T) {
 	if _, err := p.Watch(context.Background(), "cart"); err == nil {
 		t.Error("Watch after Shutdown succeeded")
 	}
-	if err := p.Leave(time.Second); err == nil {
+	if err := p.Leave(leaveCtx(t, time.Second)); err == nil {
 		t.Error("Leave after Shutdown succeeded")
 	}
 }
@@ -544,7 +546,7 @@ func TestStoreAcrossPools(t *testing.T) {
 		t.Fatal("b's subscriber was not signalled")
 	}
 
-	if err := a.Leave(5 * time.Second); err != nil {
+	if err := a.Leave(leaveCtx(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Shutdown(); err != nil {
@@ -573,4 +575,124 @@ func TestLogWriter(t *testing.T) {
 	if buf.Len() != 0 {
 		t.Fatalf("debug line logged at info level: %q", buf.String())
 	}
+}
+
+// leaveCtx returns a context for Leave that ends after d or with the test.
+func leaveCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitLeaving waits, for up to d, until memberlist's waits for the leave
+// announcements of pools are over, so that none outlives the test.
+func waitLeaving(t *testing.T, d time.Duration, pools ...*Pool) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		for _, p := range pools {
+			p.leaving.Wait()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("memberlist still waiting for a leave announcement after %v", d)
+	}
+}
+
+// TestLeaveAllAtOnce: when every member of a pool leaves at the same
+// moment (a whole mesh stopped at once), each soon hears the others leave
+// and memberlist then has no one left to send its own announcement to;
+// each Leave returns as soon as it sees that, without an error and well
+// before its deadline, instead of waiting it out. The LAN profile sends
+// each announcement to 4 members, 200ms apart, so the others' leaves are
+// heard first.
+func TestLeaveAllAtOnce(t *testing.T) {
+	const deadline = 3 * time.Second
+	const n = 3
+	lan := func(name string, join ...string) Config {
+		c := testConfig(name, join...)
+		c.Profile = "lan"
+		return c
+	}
+	seed := startPool(t, lan("m0"))
+	pools := []*Pool{seed}
+	for i := 1; i < n; i++ {
+		pools = append(pools, startPool(t, lan(fmt.Sprintf("m%d", i), seed.Addr())))
+	}
+	logOnFailure(t, pools...)
+	meshtest.WaitFor(t, 10*time.Second, "every member to meet the others", func() bool {
+		for _, p := range pools {
+			if p.NumMembers() != n {
+				return false
+			}
+		}
+		return true
+	})
+
+	errs := make([]error, len(pools))
+	took := make([]time.Duration, len(pools))
+	var wg sync.WaitGroup
+	for i, p := range pools {
+		wg.Go(func() {
+			start := time.Now()
+			errs[i] = p.Leave(leaveCtx(t, deadline))
+			took[i] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	for i, p := range pools {
+		t.Logf("%s left in %v", p.Name(), took[i])
+		if errs[i] != nil {
+			t.Errorf("%s: Leave: %v", p.Name(), errs[i])
+		}
+		if took[i] > deadline/2 {
+			t.Errorf("%s: Leave took %v, want well under its %v deadline", p.Name(), took[i], deadline)
+		}
+	}
+	for _, p := range pools {
+		if err := p.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLeaving(t, deadline+time.Second, pools...)
+}
+
+// TestLeaveDeadline: Leave returns by its context's deadline, with an
+// error that says so, when a live member may not have heard; the pool
+// still shuts down cleanly. A member alone leaves at once.
+func TestLeaveDeadline(t *testing.T) {
+	a := startPool(t, testConfig("a"))
+	b := startPool(t, testConfig("b", a.Addr()))
+	meshtest.WaitFor(t, 10*time.Second, "a and b to meet", func() bool { return a.NumMembers() == 2 && b.NumMembers() == 2 })
+
+	expired, cancel := context.WithTimeout(t.Context(), 0)
+	defer cancel()
+	start := time.Now()
+	err := a.Leave(expired)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Leave with an expired context took %v", took)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Leave with an expired context and a live peer: %v, want a deadline error", err)
+	}
+	if err := a.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	// b is alone now (a shut down without a confirmed leave, or left).
+	meshtest.WaitFor(t, 30*time.Second, "b to see a gone", func() bool { return b.NumMembers() == 1 })
+	start = time.Now()
+	if err := b.Leave(leaveCtx(t, 5*time.Second)); err != nil {
+		t.Errorf("Leave of a member alone: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Leave of a member alone took %v", took)
+	}
+	if err := b.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	waitLeaving(t, 5*time.Second, a, b)
 }

@@ -99,7 +99,7 @@ func TestThirtyMembers(t *testing.T) {
 
 	// It leaves gracefully: time until all 30 drop it.
 	start = time.Now()
-	if err := late.Leave(5 * time.Second); err != nil {
+	if err := late.Leave(leaveCtx(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	left := time.Now()

@@ -1,7 +1,9 @@
 // Command catalog is a tiny product-catalog HTTP service for the sidemesh
-// examples. GET /items answers with the instance name, a few products and
-// the X-Request-Id the request carried, so a caller can see which instance
-// served it and that the request ID crossed the mesh.
+// examples. GET /items answers with the instance name, a few products, the
+// X-Request-Id the request carried and the caller's SPIFFE ID from
+// X-Sidemesh-Peer-Identity (set by the sidecar when mutual TLS is on), so
+// a caller can see which instance served it, that the request ID crossed
+// the mesh, and who the catalog's sidecar vouched for.
 //
 // Usage:
 //
@@ -29,11 +31,18 @@ import (
 // items is the whole product catalog.
 var items = []string{"espresso machine", "burr grinder", "milk jug"}
 
+// peerHeader is where a sidemesh sidecar with mutual TLS puts the
+// caller's verified SPIFFE ID (the default tls.identity_header).
+const peerHeader = "X-Sidemesh-Peer-Identity"
+
 // itemsResponse is the body of GET /items.
 type itemsResponse struct {
 	Instance  string   `json:"instance"`
 	Items     []string `json:"items"`
 	RequestID string   `json:"request_id"`
+	// Peer is the caller's SPIFFE ID, as the sidecar vouched for it;
+	// empty without mutual TLS.
+	Peer string `json:"peer,omitempty"`
 }
 
 func main() {
@@ -70,10 +79,14 @@ func newHandler(instance string, latency time.Duration, log *slog.Logger) http.H
 				return
 			}
 		}
-		id := r.Header.Get("X-Request-Id")
-		log.Info("items", "request_id", id, "remote", r.RemoteAddr)
+		id, peer := r.Header.Get("X-Request-Id"), r.Header.Get(peerHeader)
+		if peer != "" {
+			log.Info("items", "request_id", id, "peer", peer, "remote", r.RemoteAddr)
+		} else {
+			log.Info("items", "request_id", id, "remote", r.RemoteAddr)
+		}
 		w.Header().Set("Content-Type", "application/json")
-		if err := json.NewEncoder(w).Encode(itemsResponse{Instance: instance, Items: items, RequestID: id}); err != nil {
+		if err := json.NewEncoder(w).Encode(itemsResponse{Instance: instance, Items: items, RequestID: id, Peer: peer}); err != nil {
 			log.Warn("write response", "err", err)
 		}
 	})

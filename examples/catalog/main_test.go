@@ -13,6 +13,7 @@ func TestItems(t *testing.T) {
 	h := newHandler("catalog-7", 0, slog.New(slog.DiscardHandler))
 	req := httptest.NewRequest(http.MethodGet, "/items", nil)
 	req.Header.Set("X-Request-Id", "abc123")
+	req.Header.Set(peerHeader, "spiffe://mesh.local/ns/default/svc/frontend")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 
@@ -23,8 +24,9 @@ func TestItems(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatalf("body %q: %v", rec.Body, err)
 	}
-	if got.Instance != "catalog-7" || got.RequestID != "abc123" || len(got.Items) == 0 {
-		t.Errorf("got %+v, want instance catalog-7, request_id abc123 and some items", got)
+	if got.Instance != "catalog-7" || got.RequestID != "abc123" || len(got.Items) == 0 ||
+		got.Peer != "spiffe://mesh.local/ns/default/svc/frontend" {
+		t.Errorf("got %+v, want instance catalog-7, request_id abc123, some items and the peer's SPIFFE ID", got)
 	}
 }
 

@@ -1,9 +1,10 @@
 // Command frontend is a tiny HTTP service for the sidemesh examples that
 // calls another service through its sidecar. GET / fetches
 // http://catalog/items via the sidecar's outbound listener, passing on the
-// X-Request-Id it received, and wraps the answer:
+// X-Request-Id it received, and wraps the answer, with the caller's SPIFFE
+// ID when its sidecar set X-Sidemesh-Peer-Identity (mutual TLS):
 //
-//	{"frontend": "frontend", "request_id": "...", "catalog": {...}, "upstream_status": 200}
+//	{"frontend": "frontend", "request_id": "...", "peer": "spiffe://...", "catalog": {...}, "upstream_status": 200}
 //
 // When the catalog cannot be reached, or answers with anything but 200 and
 // JSON, GET / answers 502 with the reason as text.
@@ -33,10 +34,17 @@ import (
 // maxBody bounds how much of the catalog's answer is read.
 const maxBody = 1 << 20
 
+// peerHeader is where a sidemesh sidecar with mutual TLS puts the
+// caller's verified SPIFFE ID (the default tls.identity_header).
+const peerHeader = "X-Sidemesh-Peer-Identity"
+
 // pageResponse is the body of GET /.
 type pageResponse struct {
-	Frontend       string          `json:"frontend"`
-	RequestID      string          `json:"request_id"`
+	Frontend  string `json:"frontend"`
+	RequestID string `json:"request_id"`
+	// Peer is the caller's SPIFFE ID, as the sidecar vouched for it;
+	// empty without mutual TLS.
+	Peer           string          `json:"peer,omitempty"`
 	Catalog        json.RawMessage `json:"catalog"`
 	UpstreamStatus int             `json:"upstream_status"`
 }
@@ -98,7 +106,7 @@ func newHandler(name, upstream string, client *http.Client, log *slog.Logger) ht
 		}
 		log.Info("page", "request_id", id, "upstream_status", status)
 		w.Header().Set("Content-Type", "application/json")
-		page := pageResponse{Frontend: name, RequestID: id, Catalog: body, UpstreamStatus: status}
+		page := pageResponse{Frontend: name, RequestID: id, Peer: r.Header.Get(peerHeader), Catalog: body, UpstreamStatus: status}
 		if err := json.NewEncoder(w).Encode(page); err != nil {
 			log.Warn("write response", "err", err)
 		}

@@ -36,6 +36,7 @@ func get(t *testing.T, addr string) *httptest.ResponseRecorder {
 	h := newHandler("fe", "catalog", newMeshClient(addr, 5*time.Second), slog.New(slog.DiscardHandler))
 	req := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(t.Context())
 	req.Header.Set("X-Request-Id", "rid-1")
+	req.Header.Set(peerHeader, "spiffe://mesh.local/ns/default/svc/visitor")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	return rec
@@ -56,6 +57,7 @@ func TestPageGoesThroughOutbound(t *testing.T) {
 	var page struct {
 		Frontend       string `json:"frontend"`
 		RequestID      string `json:"request_id"`
+		Peer           string `json:"peer"`
 		UpstreamStatus int    `json:"upstream_status"`
 		Catalog        struct {
 			Instance string `json:"instance"`
@@ -64,7 +66,8 @@ func TestPageGoesThroughOutbound(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
 		t.Fatalf("body %q: %v", rec.Body, err)
 	}
-	if page.Frontend != "fe" || page.RequestID != "rid-1" || page.UpstreamStatus != 200 || page.Catalog.Instance != "catalog-2" {
+	if page.Frontend != "fe" || page.RequestID != "rid-1" || page.UpstreamStatus != 200 || page.Catalog.Instance != "catalog-2" ||
+		page.Peer != "spiffe://mesh.local/ns/default/svc/visitor" {
 		t.Errorf("page %+v", page)
 	}
 }
