@@ -95,4 +95,11 @@ upstreams: [{ service: catalog, endpoints: [{ address: %s }] }]
 	if resp.StatusCode != 200 || string(body) != "catalog says hi" {
 		t.Fatalf("through HTTP_PROXY: %d %q", resp.StatusCode, body)
 	}
+
+	// An https:// URL makes the client ask for a tunnel, which the
+	// outbound listener refuses: nothing would check what goes through.
+	_, err = (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://catalog/items")
+	if err == nil || !strings.Contains(err.Error(), "Method Not Allowed") {
+		t.Fatalf("https:// through the outbound listener: %v, want the CONNECT refused with 405", err)
+	}
 }

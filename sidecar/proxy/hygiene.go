@@ -21,6 +21,11 @@ import (
 // served as a plain HTTP/1.1 request, so no tunnel can carry requests the
 // filters never saw.
 //
+// CONNECT is refused (405 bad_request): a tunnel would carry bytes no
+// filter sees, past the policy and the balancer. An app behind HTTP_PROXY
+// sends CONNECT only for https:// URLs; it reaches the mesh with http://
+// ones, which the sidecars encrypt between them.
+//
 // It also refuses (400 bad_request) a request target with a '#': a
 // fragment is never part of a request target (RFC 9112, section 3.2), and
 // net/http would leave it in the path, where an exact-path rule would not
@@ -57,6 +62,10 @@ var hopHeaders = [...]string{
 
 // Serve implements pipeline.Filter.
 func (f *Hygiene) Serve(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
+	if r.Method == http.MethodConnect {
+		return pipeline.Errorf(http.StatusMethodNotAllowed, pipeline.KindBadRequest,
+			"sidemesh does not tunnel (CONNECT); send http:// URLs: the sidecars encrypt between them")
+	}
 	if strings.IndexByte(r.RequestURI, '#') >= 0 {
 		return pipeline.Errorf(http.StatusBadRequest, pipeline.KindBadRequest, "a request target cannot hold a fragment ('#')")
 	}
