@@ -226,7 +226,9 @@ func (v *validator) upstreamSource(path string, u *Upstream) {
 	if len(u.Endpoints) > 0 && (u.Source == SourceConsul || u.Source == SourceGossip) {
 		v.errorf(path+".endpoints", "static endpoints are not used with source %s", u.Source)
 	}
-	if len(v.c.Sources(u)) == 0 || u.Source == SourceStatic && len(u.Endpoints) == 0 {
+	// An implicit upstream (a route's service) has no entry to point at:
+	// the route's backend says what is missing instead.
+	if !u.implicit && (len(v.c.Sources(u)) == 0 || u.Source == SourceStatic && len(u.Endpoints) == 0) {
 		v.errorf(path+".endpoints", "upstream %s has no endpoints and no discovery source", quote(u.Service))
 	}
 }
