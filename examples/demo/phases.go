@@ -287,8 +287,9 @@ func (d *demo) phaseSlow(ctx context.Context) error {
 		return err
 	}
 	d.out.say("    least_response_time  %s", lrt)
-	d.out.notice("least_response_time picks the better of two random instances by latency x load; it still tries the")
-	d.out.notice("slow one now and then, so an instance that recovers wins its share back.")
+	d.out.notice("least_response_time picks the better of two random instances by latency x load. The slow one's")
+	d.out.notice("estimate decays while it gets nothing, so it is probed again every few seconds: one that recovers")
+	d.out.notice("wins its share back.")
 	return nil
 }
 
