@@ -6,8 +6,6 @@ import (
 	"sort"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/edge"
@@ -47,30 +45,9 @@ func (a adminState) Ready() (bool, string) {
 	return true, ""
 }
 
-// Config implements admin.Provider: the effective config with its YAML
-// key names. Tokens and keys are referenced by file path; the only
-// secrets written inline, the OTLP exporters' headers (API keys), show as
-// "[redacted]".
-func (a adminState) Config() any {
-	b, err := yaml.Marshal(a.s.Config())
-	if err != nil {
-		return map[string]string{"error": err.Error()}
-	}
-	var m map[string]any
-	if err := yaml.Unmarshal(b, &m); err != nil {
-		return map[string]string{"error": err.Error()}
-	}
-	if tel, ok := m["telemetry"].(map[string]any); ok {
-		for _, section := range []string{"tracing", "metrics"} {
-			sec, _ := tel[section].(map[string]any)
-			headers, _ := sec["headers"].(map[string]any)
-			for k := range headers {
-				headers[k] = "[redacted]"
-			}
-		}
-	}
-	return m
-}
+// Config implements admin.Provider: the config as it runs, every default
+// filled in, as `sidemesh validate --print` shows it (config.Effective).
+func (a adminState) Config() any { return a.s.Config().Effective() }
 
 // Upstreams implements admin.Provider.
 func (a adminState) Upstreams() []admin.Upstream {

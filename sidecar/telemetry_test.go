@@ -712,6 +712,17 @@ telemetry:
 	if b, _ := json.Marshal(cfg); strings.Contains(string(b), "s3cret") {
 		t.Errorf("/config leaks the secret: %s", b)
 	}
+	// The defaults that depend on other settings are resolved, and
+	// features that are off have no blocks: what validate --print shows.
+	pol, _ := cfg["policy"].(map[string]any)
+	if pol["default"] != "allow" {
+		t.Errorf("/config policy = %v, want default: allow (no mutual TLS)", pol)
+	}
+	for _, off := range []string{"service", "inbound", "tls"} {
+		if v, ok := cfg[off]; ok {
+			t.Errorf("/config shows %s: %v for a feature that is off", off, v)
+		}
+	}
 }
 
 // TestMetricsOverOTLP: with telemetry.metrics, the same metrics /metrics
