@@ -58,6 +58,10 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"validate", "-c", good}, exitOK, "good.yaml: ok"},
 		{[]string{"validate", "-c", bad}, exitFailure, "bad.yaml:3:15: "},
 		{[]string{"validate", "-c", filepath.Join(dir, "missing.yaml")}, exitFailure, "missing.yaml"},
+		// Several files, as a shell glob gives them: each is reported.
+		{[]string{"validate", good, bad}, exitFailure, "good.yaml: ok\n" + bad + ":3:15: "},
+		{[]string{"validate", "-c", good, good}, exitOK, "good.yaml: ok\n" + good + ": ok"},
+		{[]string{"validate", "--print", good, bad}, exitUsage, "sidemesh validate --print takes one config, got 2"},
 		{[]string{"run", "-c", bad}, exitFailure, `unknown balancer "fastest"`},
 		{[]string{"version"}, exitOK, "sidemesh "},
 	}

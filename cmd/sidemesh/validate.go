@@ -35,51 +35,75 @@ func newValidateCmd() *cobra.Command {
 	var path string
 	var print bool
 	cmd := &cobra.Command{
-		Use:   "validate -c FILE",
-		Short: "Check a config; report every problem as file:line:col: message",
+		Use:   "validate [-c FILE | FILE...]",
+		Short: "Check configs; report every problem as file:line:col: message",
 		Long: `validate checks a config file the way run would, files it names included
 (certificates, keys, the gossip key, the Consul token), and reports every
 problem at once as file:line:col: message. Warnings (a listener that exposes
 the outbound proxy beyond loopback, say) are printed too, but do not fail.
-With --print it prints the config as run would use it, every default filled
-in.`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := configPath(cmd, path)
-			if err != nil {
-				return err
-			}
-			cfg, err := config.Load(path)
-			if err != nil {
-				var list config.ErrorList
-				if errors.As(err, &list) {
-					for _, e := range list {
-						fmt.Fprintln(cmd.ErrOrStderr(), e)
-					}
-				} else {
-					fmt.Fprintln(cmd.ErrOrStderr(), err)
-				}
-				return exitError(exitFailure)
-			}
-			for _, w := range cfg.Warnings() {
-				fmt.Fprintln(cmd.ErrOrStderr(), w)
-			}
-			if print {
-				out, err := cfg.EffectiveYAML()
+Several files may be given as arguments (sidemesh validate deploy/*.yaml);
+each is checked, and the exit code is 1 if any fails. With --print it
+prints the config as run would use it, every default filled in (one file).`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			files := args
+			if path != "" || len(args) == 0 {
+				p, err := configPath(cmd, path)
 				if err != nil {
 					return err
 				}
-				fmt.Fprint(cmd.OutOrStdout(), out)
-				if cfg.Edge != nil {
-					printRoutes(cmd.OutOrStdout(), cfg.Edge)
-				}
-				return nil
+				files = append([]string{p}, args...)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", path)
+			if print && len(files) > 1 {
+				return usageError{fmt.Errorf("%s --print takes one config, got %d", cmd.CommandPath(), len(files))}
+			}
+			failed := false
+			for _, f := range files {
+				if !validateFile(cmd, f, print) {
+					failed = true
+				}
+			}
+			if failed {
+				return exitError(exitFailure)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (YAML); default $"+envConfig)
 	cmd.Flags().BoolVar(&print, "print", false, "print the resolved config, every default filled in")
 	return cmd
+}
+
+// validateFile checks one config and reports on it: its problems and
+// warnings on stderr, then "FILE: ok" or, with print, the effective
+// config on stdout. It returns whether the config is valid.
+func validateFile(cmd *cobra.Command, path string, print bool) bool {
+	cfg, err := config.Load(path)
+	if err != nil {
+		var list config.ErrorList
+		if errors.As(err, &list) {
+			for _, e := range list {
+				fmt.Fprintln(cmd.ErrOrStderr(), e)
+			}
+		} else {
+			fmt.Fprintln(cmd.ErrOrStderr(), err)
+		}
+		return false
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(cmd.ErrOrStderr(), w)
+	}
+	if !print {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", path)
+		return true
+	}
+	out, err := cfg.EffectiveYAML()
+	if err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", path, err)
+		return false
+	}
+	fmt.Fprint(cmd.OutOrStdout(), out)
+	if cfg.Edge != nil {
+		printRoutes(cmd.OutOrStdout(), cfg.Edge)
+	}
+	return true
 }
