@@ -363,3 +363,54 @@ upstreams:
 	b.mode.Store(int32(modeOK))
 	waitFor("b back after passing", func(s map[string]int) bool { return s["a"] > 0 && s["b"] > 0 })
 }
+
+// TestHashingThroughTheProxy: consistent_hash and ip_hash place requests
+// by their key end to end, through the outbound listener: every request
+// of a key reaches one endpoint, and the keys spread over all of them.
+func TestHashingThroughTheProxy(t *testing.T) {
+	backends := []string{namedBackend(t, "a"), namedBackend(t, "b"), namedBackend(t, "c")}
+	out := listenAddr(t)
+	start(t, parse(t, fmt.Sprintf(`
+outbound: { listen: %s }
+trusted_proxies: [127.0.0.1]
+upstreams:
+  - { service: by-user, balancer: consistent_hash, hash_on: "header:X-User", endpoints: [{ address: %s }, { address: %s }, { address: %s }] }
+  - { service: by-ip, balancer: ip_hash, endpoints: [{ address: %s }, { address: %s }, { address: %s }] }
+`, out, backends[0], backends[1], backends[2], backends[0], backends[1], backends[2])))
+	c := newClient(t)
+	send := func(service, header, value string) string {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+out+"/", nil)
+		req.Host = service
+		req.Header.Set(header, value)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", service, resp.StatusCode, b)
+		}
+		return string(b)
+	}
+	for _, tc := range []struct{ service, header, prefix string }{
+		{"by-user", "X-User", "user-"},
+		{"by-ip", "X-Forwarded-For", "10.0.0."}, // the client address, from a trusted proxy
+	} {
+		reached := map[string]bool{}
+		for k := range 30 {
+			key := fmt.Sprintf("%s%d", tc.prefix, k)
+			first := send(tc.service, tc.header, key)
+			reached[first] = true
+			for range 5 {
+				if got := send(tc.service, tc.header, key); got != first {
+					t.Fatalf("%s: %s %s went to %s, then to %s", tc.service, tc.header, key, first, got)
+				}
+			}
+		}
+		if len(reached) != 3 {
+			t.Errorf("%s: 30 keys reached %v, want all three endpoints", tc.service, reached)
+		}
+	}
+}

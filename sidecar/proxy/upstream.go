@@ -219,7 +219,7 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	if u.retry.Budget != nil {
 		u.retry.Budget.Request()
 	}
-	x := tries{u: u, req: req, rt: u.rt, info: pipeline.InfoFrom(req.Context())}
+	x := tries{u: u, req: req, rt: u.rt, info: pipeline.InfoFrom(req.Context()), br: balancer.Request{HTTP: req}}
 	if x.info == nil {
 		x.info = new(pipeline.Info)
 	}
