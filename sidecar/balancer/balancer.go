@@ -36,6 +36,10 @@ import (
 // until discovery delivers a new snapshot.
 var ErrNoEndpoints = errors.New("no endpoints available")
 
+// ErrAffinityUnavailable is returned by Pick for a Request with Strict
+// set when the endpoint its Affinity names cannot take the request.
+var ErrAffinityUnavailable = errors.New("the session's endpoint is unavailable")
+
 // now is the clock of pickers and feedback; tests replace it.
 var now = time.Now
 
@@ -96,6 +100,17 @@ type Request struct {
 	// request; otherwise the policy picks as if it were not set. A caller
 	// tells which happened by comparing the picked endpoint's ID.
 	Affinity string
+	// Strict, with Affinity, makes Pick fail with ErrAffinityUnavailable
+	// rather than choose another endpoint when that one cannot take the
+	// request (a sticky session that must not move).
+	Strict bool
+	// RebindKey, with Affinity and not Strict, chooses the replacement of
+	// an endpoint that cannot take the request by rendezvous hashing of
+	// the key over the endpoints that can, rather than by the policy: the
+	// balancers of several edges that see the same session replace its
+	// endpoint with the same one, without talking to each other. Zero
+	// leaves the choice to the policy.
+	RebindKey uint64
 
 	tried  [MaxTried]*Endpoint
 	ntried int
@@ -325,6 +340,54 @@ type pickerBox struct {
 	byID map[string]*Endpoint
 }
 
+// rendezvous returns, of the endpoints that can take r now and that r
+// has not tried, the one with the highest rendezvous score for
+// r.RebindKey, or nil when there is none. The score depends only on the
+// key and the endpoint's ID, so every process with the same endpoints
+// agrees on it. Endpoints are asked to admit the request in score order,
+// one at a time, since admitting takes a half-open breaker's probe: it
+// costs a pass over the endpoints per endpoint that refuses, on a path
+// taken only when a session's endpoint is gone.
+func (box *pickerBox) rendezvous(r Request, t time.Time) *Endpoint {
+	below, bounded := uint64(0), false
+	for {
+		var best *Endpoint
+		var bestScore uint64
+		for id, ep := range box.byID {
+			if r.Tried(ep) {
+				continue
+			}
+			score := rendezvousScore(r.RebindKey, id)
+			if bounded && score >= below {
+				continue // asked already
+			}
+			if best == nil || score > bestScore {
+				best, bestScore = ep, score
+			}
+		}
+		if best == nil || best.admit(t) {
+			return best
+		}
+		below, bounded = bestScore, true
+	}
+}
+
+// rendezvousScore mixes key and id with FNV-1a and a final avalanche
+// (splitmix64), so that scores of one key over IDs that differ in a byte
+// are unrelated.
+func rendezvousScore(key uint64, id string) uint64 {
+	h := uint64(14695981039346656037) ^ key
+	for i := 0; i < len(id); i++ {
+		h ^= uint64(id[i])
+		h *= 1099511628211
+	}
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
+}
+
 // New returns a Balancer for service with no endpoints: Pick fails with
 // ErrNoEndpoints until the first Update.
 func New(service string, policy Policy, opts Options) *Balancer {
@@ -442,15 +505,26 @@ func (b *Balancer) SetHealthy(id string, healthy bool) {
 }
 
 // Pick chooses an endpoint for r — the one r.Affinity names when it can
-// take the request, else the one the policy's current picker chooses —
+// take the request, else (unless r.Strict) its rendezvous replacement
+// for r.RebindKey, else the one the policy's current picker chooses —
 // and counts the request as in flight until Pick.Done is called. It never
 // blocks and never allocates.
 func (b *Balancer) Pick(r Request) (Pick, error) {
 	box := b.picker.Load()
 	if r.Affinity != "" {
-		if ep := box.byID[r.Affinity]; ep != nil && !r.Tried(ep) && ep.admit(now()) {
+		t := now()
+		if ep := box.byID[r.Affinity]; ep != nil && !r.Tried(ep) && ep.admit(t) {
 			ep.state.inflight.Add(1)
 			return ep.pick(), nil
+		}
+		if r.Strict {
+			return Pick{}, ErrAffinityUnavailable
+		}
+		if r.RebindKey != 0 {
+			if ep := box.rendezvous(r, t); ep != nil {
+				ep.state.inflight.Add(1)
+				return ep.pick(), nil
+			}
 		}
 	}
 	p, err := box.Pick(r)

@@ -200,6 +200,7 @@ func routeHandler(rc *config.Route, prefix string, backends Backends) pipeline.H
 		}
 		s.total += b.Weight
 		s.cum = append(s.cum, s.total)
+		s.services = append(s.services, b.Service)
 		s.handlers = append(s.handlers, backends.Handler(rc, b.Service))
 	}
 	if len(s.handlers) == 1 {
@@ -209,14 +210,23 @@ func routeHandler(rc *config.Route, prefix string, backends Backends) pipeline.H
 }
 
 // split sends each request to one of its handlers, at random in
-// proportion to their weights.
+// proportion to their weights; a request whose sticky session belongs to
+// one of its services (Info.Backend) goes to that one.
 type split struct {
+	services []string
 	handlers []pipeline.Handler
 	cum      []int // cumulative weights
 	total    int
 }
 
 func (s *split) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	if info := pipeline.InfoFrom(r.Context()); info != nil && info.Backend != "" {
+		for i, svc := range s.services {
+			if svc == info.Backend {
+				return s.handlers[i].ServeHTTP(w, r)
+			}
+		}
+	}
 	n := rand.IntN(s.total)
 	for i, c := range s.cum {
 		if n < c {

@@ -36,8 +36,23 @@ type Info struct {
 
 	// Upstream is the service the request was proxied to.
 	Upstream string
-	// Endpoint is the "host:port" of the last try.
-	Endpoint string
+	// Endpoint is the "host:port" of the last try, and EndpointID its
+	// discovery ID.
+	Endpoint, EndpointID string
+
+	// Affinity is what a sticky session asks of the balancer: the ID of
+	// the endpoint the request should reach, whether it may go elsewhere
+	// (AffinityStrict), and the key its replacement is chosen by
+	// (RebindKey; see balancer.Request). Backend names the service the
+	// session belongs to, for a route that splits between services.
+	Affinity       string
+	AffinityStrict bool
+	RebindKey      uint64
+	Backend        string
+	// Sticky says what the sticky session filter did, for telemetry:
+	// "hit", "new", "rebind", "miss" (no usable session), or empty on a
+	// route without sticky sessions.
+	Sticky string
 	// Tries counts the tries sent to endpoints.
 	Tries int
 

@@ -51,7 +51,7 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 	}
 	x.br.MarkTried(pick.Endpoint)
 	ep := pick.Endpoint.Addr
-	x.info.Endpoint = ep
+	x.info.Endpoint, x.info.EndpointID = ep, pick.Endpoint.ID
 	x.info.Tries++
 
 	out := x.req

@@ -223,6 +223,7 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	if x.info == nil {
 		x.info = new(pipeline.Info)
 	}
+	x.br.Affinity, x.br.Strict, x.br.RebindKey = x.info.Affinity, x.info.AffinityStrict, x.info.RebindKey
 	x.info.Upstream = u.name
 	var overall *time.Timer
 	ctx, cancel := context.WithCancelCause(req.Context())
