@@ -61,6 +61,10 @@ type Config struct {
 	// Logger receives the pool's logs; memberlist's own log is routed to
 	// it at debug level. Default slog.Default().
 	Logger *slog.Logger
+	// Clock is the wall clock the store reads TTL expiries and sweeps
+	// from; default time.Now. Tests skew it to play members whose clocks
+	// disagree.
+	Clock func() time.Time
 }
 
 // Tunables that tests replace (and restore with t.Cleanup).
@@ -153,6 +157,7 @@ func Start(c Config) (*Pool, error) {
 		clock:          clockSeed(),
 		retransmitMult: max(mlc.RetransmitMult, minRetransmitMult),
 		grace:          2 * mlc.PushPullInterval,
+		now:            c.Clock,
 		log:            logger,
 	})
 	mlc.Delegate = &delegate{store: store, log: logger}

@@ -95,6 +95,7 @@ type Store struct {
 	byOwner   map[string]map[string]struct{} // owner -> keys of its tied records
 	members   map[string]*member
 	subs      map[*subscription]struct{}
+	bounds    map[string]*bound // by prefix (Limit)
 	closed    bool
 	lastSweep time.Time
 }
@@ -165,6 +166,7 @@ func newStore(c storeConfig) *Store {
 			c.node: {incarnation: c.incarnation, state: MemberAlive, since: now},
 		},
 		subs:      make(map[*subscription]struct{}),
+		bounds:    make(map[string]*bound),
 		lastSweep: now,
 	}
 	s.alive.Store(1)
@@ -450,6 +452,7 @@ func (s *Store) putLocked(e *entry, now time.Time) {
 	if wasVisible || s.visibleLocked(r, now) {
 		s.changedLocked(e.key)
 	}
+	s.boundPutLocked(e)
 }
 
 func (s *Store) unindexLocked(e *entry) {
@@ -467,6 +470,7 @@ func (s *Store) unindexLocked(e *entry) {
 func (s *Store) deleteLocked(r *record) {
 	delete(s.records, r.key)
 	s.unindexLocked(r.entry)
+	s.boundDeleteLocked(r.key)
 }
 
 // changedLocked bumps the generation and signals the subscribers of key,
