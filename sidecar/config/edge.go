@@ -18,8 +18,11 @@ type Edge struct {
 	// Listeners are the client-facing listeners. At least one.
 	Listeners []EdgeListener `yaml:"listeners"`
 	// Routes are matched in the Kubernetes Gateway API's HTTPRoute order
-	// (see the README); every listener serves every route.
+	// (see docs/edge.md); every listener serves every route.
 	Routes []Route `yaml:"routes"`
+	// Sticky holds the key of the routes' sticky sessions. Required when
+	// a route has a sticky section.
+	Sticky *EdgeSticky `yaml:"sticky"`
 }
 
 // EdgeListener is one client-facing listener.
@@ -98,6 +101,9 @@ type Route struct {
 	// Backends are the mesh services the route sends to, split by weight.
 	// Required unless Redirect is set.
 	Backends []Backend `yaml:"backends"`
+	// Sticky keeps each session's requests on one endpoint (and one
+	// backend service), on every edge. Nil: no sessions.
+	Sticky *Sticky `yaml:"sticky"`
 }
 
 // RouteMatch is one set of conditions a request must all meet.
@@ -272,8 +278,10 @@ func (v *validator) edge(c *Config) {
 	names := map[string]int{}
 	for i := range e.Routes {
 		v.route(c, i, names)
+		v.sticky(c, fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 	}
 	v.versions(e)
+	v.edgeSticky(c)
 }
 
 // route checks route i; names maps each route name to its index.

@@ -34,6 +34,7 @@ func (c *Config) fileFields() []fileField {
 	if a := c.Telemetry.AccessLog; a != AccessLogOff && a != AccessLogStdout && a != AccessLogStderr {
 		fs = append(fs, fileField{"telemetry.access_log", &c.Telemetry.AccessLog})
 	}
+	fs = append(fs, c.Edge.stickyFiles()...)
 	return fs
 }
 
@@ -87,6 +88,16 @@ func (c *Config) checkFiles() ErrorList {
 	if g := c.Discovery.Gossip; g != nil && !g.Insecure && g.KeyFile != "" {
 		if _, err := gossip.LoadKey(g.KeyFile); err != nil {
 			v.errorf("discovery.gossip.key_file", "%s", strings.TrimPrefix(err.Error(), "gossip: load key: "))
+		}
+	}
+	for _, f := range c.Edge.stickyFiles() {
+		if *f.ptr == "" {
+			continue
+		}
+		if key, err := gossip.LoadKey(*f.ptr); err != nil {
+			v.errorf(f.path, "%s", strings.TrimPrefix(err.Error(), "gossip: load key: "))
+		} else if len(key) != 32 {
+			v.errorf(f.path, "%s holds a %d-byte key; sticky sessions need 32 bytes (`sidemesh keygen`)", *f.ptr, len(key))
 		}
 	}
 	if a := c.Telemetry.AccessLog; a != AccessLogOff && a != AccessLogStdout && a != AccessLogStderr && a != "" {
