@@ -3,7 +3,9 @@ package sidecar
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/admin"
@@ -149,4 +151,24 @@ func (a adminState) Identity() *admin.Identity {
 		return nil
 	}
 	return &admin.Identity{SPIFFEID: b.ID.String(), NotAfter: b.NotAfter, ExpiresInSeconds: time.Until(b.NotAfter).Seconds()}
+}
+
+// Sticky implements admin.Provider.
+func (a adminState) Sticky() *admin.Sticky {
+	table := a.s.sticky.Load()
+	if table == nil {
+		return nil
+	}
+	out := &admin.Sticky{}
+	for _, r := range table.Routes() {
+		st, cfg := r.Stats(), r.Config()
+		out.Routes = append(out.Routes, admin.StickyRoute{
+			Route: st.Route, Mode: cfg.Mode, OnUnavailable: cfg.OnUnavailable,
+			Sessions: st.Table.Entries, Bytes: st.Table.Bytes, MaxSessions: cfg.MaxSessions, Evictions: st.Table.Evictions,
+			Hits: st.Hits, New: st.Created, Rebinds: st.Rebinds, Misses: st.Misses, Refused: st.Refused,
+			PerEndpoint: r.PerEndpoint(),
+		})
+	}
+	slices.SortFunc(out.Routes, func(x, y admin.StickyRoute) int { return strings.Compare(x.Route, y.Route) })
+	return out
 }

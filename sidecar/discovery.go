@@ -60,7 +60,7 @@ func instance(cfg *config.Config) discovery.Instance {
 // startBackends connects to the backends cfg configures and publishes the
 // local service. Consul being down is not an error: registration is
 // retried in the background. A gossip pool that cannot start is.
-func startBackends(cfg *config.Config, log *slog.Logger) (*backends, error) {
+func startBackends(cfg *config.Config, log *slog.Logger, clock func() time.Time) (*backends, error) {
 	b := &backends{cfg: cfg.Discovery, log: log, healthy: true}
 	if c := cfg.Discovery.Consul; c != nil {
 		client, err := consul.NewClient(consul.Config{
@@ -87,7 +87,7 @@ func startBackends(cfg *config.Config, log *slog.Logger) (*backends, error) {
 		}
 		pool, err := gossip.Start(gossip.Config{
 			NodeName: name, Bind: g.Bind, Advertise: g.Advertise, Join: g.Join,
-			Key: key, Insecure: g.Insecure, Profile: g.Profile, Logger: log.With("backend", "gossip"),
+			Key: key, Insecure: g.Insecure, Profile: g.Profile, Logger: log.With("backend", "gossip"), Clock: clock,
 		})
 		if err != nil {
 			return nil, err

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -15,6 +16,7 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/edge"
 	"github.com/sidemesh/sidemesh/sidecar/pipeline"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
+	"github.com/sidemesh/sidemesh/sidecar/sticky"
 )
 
 // roleEdge is the role of every edge listener.
@@ -81,6 +83,57 @@ func (s *Sidecar) startEdgeCerts(next map[string]*edgeCerts) {
 	s.edgeCerts = next
 }
 
+// loadStickyKeys loads the keys of cfg's sticky sessions; nil when cfg
+// has none. It is the fallible part of applying them, done before
+// anything changes.
+func loadStickyKeys(cfg *config.Config) (*sticky.Keys, error) {
+	if cfg.Edge == nil || cfg.Edge.Sticky == nil {
+		return nil, nil
+	}
+	keys, err := sticky.LoadKeys(cfg.Edge.Sticky.KeyFile, cfg.Edge.Sticky.PreviousKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("edge.sticky: %w", err)
+	}
+	return keys, nil
+}
+
+// useStickyKeys makes keys those of the session table, which it creates
+// over the gossip pool's store the first time. The clock skew allowance
+// is the one the table was created with: it changes with a restart.
+func (s *Sidecar) useStickyKeys(cfg *config.Config, keys *sticky.Keys) {
+	switch table := s.sticky.Load(); {
+	case keys == nil:
+	case table == nil:
+		s.sticky.Store(sticky.NewTable(s.backends.pool.Store(), keys, sticky.TableOptions{ClockSkew: cfg.Edge.Sticky.ClockSkew, Now: s.clock}))
+	default:
+		table.SetKeys(keys)
+	}
+}
+
+// Sticky returns the counters and table size of each sticky route this
+// edge has served; nil without sticky routes.
+func (s *Sidecar) Sticky() []sticky.Stats {
+	table := s.sticky.Load()
+	if table == nil {
+		return nil
+	}
+	var out []sticky.Stats
+	for _, r := range table.Routes() {
+		out = append(out, r.Stats())
+	}
+	slices.SortFunc(out, func(a, b sticky.Stats) int { return strings.Compare(a.Route, b.Route) })
+	return out
+}
+
+// GossipMembers returns the number of live members of the gossip pool,
+// this one included; 0 without gossip.
+func (s *Sidecar) GossipMembers() int {
+	if s.backends == nil || s.backends.pool == nil {
+		return 0
+	}
+	return s.backends.pool.NumMembers()
+}
+
 // edgeRouters builds the router of each edge listener of cfg over the
 // upstreams ups and the balancer variants.
 func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upstream, certs map[string]*edgeCerts) map[string]pipeline.Router {
@@ -98,6 +151,9 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 			continue
 		}
 		o := edge.RouterOptions{Table: table, Backends: backends, Filters: filters}
+		if table := s.sticky.Load(); table != nil {
+			o.Sticky = func(rc *config.Route) pipeline.Filter { return table.Route(rc).Filter() }
+		}
 		if ec := certs[l.Listen]; ec != nil {
 			o.Certificates = ec.certs
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/listener"
 	"github.com/sidemesh/sidemesh/sidecar/security"
+	"github.com/sidemesh/sidemesh/sidecar/sticky"
 	"github.com/sidemesh/sidemesh/telemetry"
 )
 
@@ -60,10 +61,16 @@ type Sidecar struct {
 	// variantKey.
 	variants  map[string]*upstream
 	edgeCerts map[string]*edgeCerts // by listen address
-	local     *upstream
-	sockets   map[string]*listener.Socket // by address
-	servers   map[string]*server          // by address
-	draining  sync.WaitGroup              // servers replaced by a reload, still draining
+	// sticky is the session table; nil until a route is sticky. Read
+	// without the mutex by the admin API and metrics.
+	sticky atomic.Pointer[sticky.Table]
+	// clock is the wall clock of sticky sessions and the gossip store;
+	// tests skew it (WithClock).
+	clock    func() time.Time
+	local    *upstream
+	sockets  map[string]*listener.Socket // by address
+	servers  map[string]*server          // by address
+	draining sync.WaitGroup              // servers replaced by a reload, still draining
 }
 
 // Option changes how New builds a Sidecar.
@@ -82,6 +89,13 @@ func WithListeners(lns ...net.Listener) Option {
 	}
 }
 
+// WithClock replaces the wall clock that sticky sessions' deadlines and
+// the gossip store's expiries are read from, to test edges whose clocks
+// disagree. Default time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(s *Sidecar) { s.clock = now }
+}
+
 // New returns a Sidecar for cfg, which must have passed cfg.Validate.
 // Nothing is bound until Start.
 func New(cfg *config.Config, log *slog.Logger, opts ...Option) *Sidecar {
@@ -96,6 +110,7 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) *Sidecar {
 		edgeCerts: map[string]*edgeCerts{},
 		sockets:   map[string]*listener.Socket{},
 		servers:   map[string]*server{},
+		clock:     time.Now,
 	}
 	for _, o := range opts {
 		o(s)
@@ -115,7 +130,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		return errors.New("sidecar: already started")
 	}
 	cfg := s.cfg.Load()
-	b, err := startBackends(cfg, s.log)
+	b, err := startBackends(cfg, s.log, s.clock)
 	if err != nil {
 		return err
 	}
@@ -219,6 +234,10 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	stickyKeys, err := loadStickyKeys(cfg)
+	if err != nil {
+		return err
+	}
 	specs := listenerSpecs(cfg)
 
 	// Bind new addresses: the last step that can fail.
@@ -258,6 +277,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	}
 	waitFirst(next, s.log)
 	s.startEdgeCerts(certs)
+	s.useStickyKeys(cfg, stickyKeys)
 	t := s.newRouteTable(cfg, next, local)
 	t.edge = s.edgeRouters(cfg, next, variants, certs)
 	s.routes.Store(t)

@@ -31,6 +31,7 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 			Upstreams:     s.observeRetrying,
 			GossipMembers: s.observeMembers,
 			LeafExpiry:    s.observeLeaf,
+			Sticky:        s.observeSticky,
 		},
 	}
 	if s.backends != nil && s.backends.pool != nil {
@@ -192,4 +193,16 @@ func (s *Sidecar) observeLeaf() (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return b.NotAfter, true
+}
+
+// observeSticky reports the edge's sticky routes for metrics.
+func (s *Sidecar) observeSticky() []telemetry.StickyState {
+	var out []telemetry.StickyState
+	for _, st := range s.Sticky() {
+		out = append(out, telemetry.StickyState{
+			Route: st.Route, Sessions: int64(st.Table.Entries), Bytes: int64(st.Table.Bytes), Evictions: int64(st.Table.Evictions),
+			Hits: int64(st.Hits), New: int64(st.Created), Rebinds: int64(st.Rebinds), Misses: int64(st.Misses), Refused: int64(st.Refused),
+		})
+	}
+	return out
 }

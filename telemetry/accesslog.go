@@ -52,6 +52,9 @@ func (t *Telemetry) logAccess(ctx context.Context, r *http.Request, rec *ServerR
 	if rec.Route != "" {
 		attrs = append(attrs, slog.String("route", rec.Route))
 	}
+	if rec.Sticky != "" {
+		attrs = append(attrs, slog.String("sticky", rec.Sticky))
+	}
 	if rec.Upstream != "" {
 		attrs = append(attrs,
 			slog.String("upstream", rec.Upstream),

@@ -42,22 +42,27 @@ const (
 // Semantic-convention attribute keys (OpenTelemetry semconv, HTTP and
 // network), written out so the metric and span code read alike.
 const (
-	keyMethod       = attribute.Key("http.request.method")
-	keyMethodOrig   = attribute.Key("http.request.method_original")
-	keyStatus       = attribute.Key("http.response.status_code")
-	keyErrorType    = attribute.Key("error.type")
-	keyServerAddr   = attribute.Key("server.address")
-	keyServerPort   = attribute.Key("server.port")
-	keyResendCount  = attribute.Key("http.request.resend_count")
-	keyRoute        = attribute.Key("http.route")
-	keyPeerService  = attribute.Key("peer.service")
-	keyURLPath      = attribute.Key("url.path")
-	keyURLScheme    = attribute.Key("url.scheme")
-	keyURLFull      = attribute.Key("url.full")
-	keyClientAddr   = attribute.Key("client.address")
-	keyUserAgent    = attribute.Key("user_agent.original")
-	keyProtoVersion = attribute.Key("network.protocol.version")
-	keyIODirection  = attribute.Key("network.io.direction")
+	keyMethod      = attribute.Key("http.request.method")
+	keyMethodOrig  = attribute.Key("http.request.method_original")
+	keyStatus      = attribute.Key("http.response.status_code")
+	keyErrorType   = attribute.Key("error.type")
+	keyServerAddr  = attribute.Key("server.address")
+	keyServerPort  = attribute.Key("server.port")
+	keyResendCount = attribute.Key("http.request.resend_count")
+	keyRoute       = attribute.Key("http.route")
+	keySticky      = attribute.Key("sidemesh.sticky")
+	// KeyRouteName is an edge route's name as a metric label (the
+	// request metrics carry it as sidemesh.service).
+	KeyRouteName     = attribute.Key("sidemesh.route")
+	keyStickyOutcome = attribute.Key("sidemesh.sticky.outcome")
+	keyPeerService   = attribute.Key("peer.service")
+	keyURLPath       = attribute.Key("url.path")
+	keyURLScheme     = attribute.Key("url.scheme")
+	keyURLFull       = attribute.Key("url.full")
+	keyClientAddr    = attribute.Key("client.address")
+	keyUserAgent     = attribute.Key("user_agent.original")
+	keyProtoVersion  = attribute.Key("network.protocol.version")
+	keyIODirection   = attribute.Key("network.io.direction")
 )
 
 // durationBuckets are the semantic conventions' advisory boundaries for

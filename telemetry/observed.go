@@ -48,6 +48,18 @@ type DiscoveryState struct {
 	Errors uint64
 }
 
+// StickyState is an edge route's sticky sessions at the moment metrics
+// are collected.
+type StickyState struct {
+	Route string
+	// Sessions and Bytes are what this edge holds of the route's session
+	// table; Evictions the sessions the table's bound forgot.
+	Sessions, Bytes, Evictions int64
+	// Requests by what the sticky filter did: hit, new, rebind, miss,
+	// refused (a strict session's endpoint was unavailable).
+	Hits, New, Rebinds, Misses, Refused int64
+}
+
 // Observed supplies the values metrics read at each collection rather
 // than on the request path. Every func may be nil, which reports
 // nothing of its kind; each is called from the collecting goroutine (or,
@@ -68,6 +80,8 @@ type Observed struct {
 	// LeafExpiry returns when the sidecar's certificate expires; ok is
 	// false without mutual TLS or before a certificate is loaded.
 	LeafExpiry func() (notAfter time.Time, ok bool)
+	// Sticky returns the sticky routes of an edge; nil or empty without.
+	Sticky func() []StickyState
 }
 
 // breakerStates are the values of sidemesh.breaker.state, reported as a
@@ -97,7 +111,15 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		metric.WithDescription("Retries sent to an upstream."))
 	budgetOut, err9 := meter.Int64ObservableCounter("sidemesh.upstream.retry_budget.exhausted", metric.WithUnit("{retry}"),
 		metric.WithDescription("Retries an upstream's retry budget refused."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9} {
+	sessions, err10 := meter.Int64ObservableGauge("sidemesh.sticky.sessions", metric.WithUnit("{session}"),
+		metric.WithDescription("Sessions of an edge route this edge holds in its copy of the shared session table."))
+	tableBytes, err11 := meter.Int64ObservableGauge("sidemesh.sticky.table.size", metric.WithUnit("By"),
+		metric.WithDescription("Memory the route's sessions take in this edge's copy of the session table (estimate)."))
+	evictions, err12 := meter.Int64ObservableCounter("sidemesh.sticky.evictions", metric.WithUnit("{session}"),
+		metric.WithDescription("Sessions the route's max_sessions bound made this edge forget, least recently used first."))
+	outcomes, err13 := meter.Int64ObservableCounter("sidemesh.sticky.requests", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests of a sticky route, by what happened to their session: hit, new, rebind, miss, refused."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -153,8 +175,22 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 				ob.ObserveFloat64(expiry, time.Until(t).Seconds())
 			}
 		}
+		if o.Sticky != nil {
+			for _, st := range o.Sticky() {
+				route := KeyRouteName.String(st.Route)
+				ob.ObserveInt64(sessions, st.Sessions, metric.WithAttributes(route))
+				ob.ObserveInt64(tableBytes, st.Bytes, metric.WithAttributes(route))
+				ob.ObserveInt64(evictions, st.Evictions, metric.WithAttributes(route))
+				for _, c := range []struct {
+					outcome string
+					n       int64
+				}{{"hit", st.Hits}, {"new", st.New}, {"rebind", st.Rebinds}, {"miss", st.Misses}, {"refused", st.Refused}} {
+					ob.ObserveInt64(outcomes, c.n, metric.WithAttributes(route, keyStickyOutcome.String(c.outcome)))
+				}
+			}
+		}
 		return nil
-	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut)
+	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

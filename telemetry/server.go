@@ -43,6 +43,9 @@ type ServerRecord struct {
 	PolicyAllowed bool
 	// RequestID is the request's X-Request-Id.
 	RequestID string
+	// Sticky is what the route's sticky sessions did: hit, new, rebind,
+	// miss; empty on a route without them.
+	Sticky string
 }
 
 // BeginServer starts the server side of one request: it continues the
@@ -119,6 +122,9 @@ func endServerSpan(span trace.Span, rec *ServerRecord) {
 	}
 	if rec.Route != "" {
 		span.SetAttributes(keyRoute.String(rec.Route))
+	}
+	if rec.Sticky != "" {
+		span.SetAttributes(keySticky.String(rec.Sticky))
 	}
 	if rec.Upstream != "" {
 		span.SetAttributes(KeyUpstream.String(rec.Upstream))

@@ -38,6 +38,39 @@ type Provider interface {
 	History() History
 	// Routes returns the edge's routes; nil for a sidecar without an edge.
 	Routes() *Routes
+	// Sticky returns the edge's sticky sessions; nil without sticky
+	// routes.
+	Sticky() *Sticky
+}
+
+// Sticky is what an edge knows of its sticky sessions. It holds counts
+// only: no session token, and no table key.
+type Sticky struct {
+	Routes []StickyRoute `json:"routes"`
+}
+
+// StickyRoute is one sticky route's sessions, as this edge's copy of the
+// shared table holds them, and what this edge's filter did.
+type StickyRoute struct {
+	Route         string `json:"route"`
+	Mode          string `json:"mode"`
+	OnUnavailable string `json:"on_unavailable"`
+	// Sessions and Bytes are the sessions this edge holds and the memory
+	// they take (an estimate); MaxSessions their bound, and Evictions
+	// the sessions it made this edge forget.
+	Sessions    int    `json:"sessions"`
+	Bytes       int    `json:"bytes"`
+	MaxSessions int    `json:"max_sessions"`
+	Evictions   uint64 `json:"evictions"`
+	// Requests by outcome: hit, new, rebind, miss, refused.
+	Hits    uint64 `json:"hits"`
+	New     uint64 `json:"new"`
+	Rebinds uint64 `json:"rebinds"`
+	Misses  uint64 `json:"misses"`
+	Refused uint64 `json:"refused"`
+	// PerEndpoint counts the live sessions on each endpoint, by its
+	// discovery ID.
+	PerEndpoint map[string]int `json:"per_endpoint"`
 }
 
 // Routes are an edge's routes: each as written, and the compiled table
@@ -232,6 +265,14 @@ func Handler(p Provider) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, routes)
+	})
+	mux.HandleFunc("GET /sticky", func(w http.ResponseWriter, r *http.Request) {
+		st := p.Sticky()
+		if st == nil {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no sticky routes"})
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Events()))

@@ -15,7 +15,8 @@ type fake struct {
 	id     *Identity
 }
 
-func (f *fake) Routes() *Routes { return nil }
+func (f *fake) Routes() *Routes       { return nil }
+func (f *fake) Sticky() *Sticky       { return nil }
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
 func (f *fake) Config() any {
 	return map[string]any{"outbound": map[string]string{"listen": "127.0.0.1:15001"}}
@@ -86,6 +87,9 @@ func TestHandler(t *testing.T) {
 	}
 	if code, _, _ := get(t, h, "/routes"); code != 404 {
 		t.Errorf("/routes without an edge = %d, want 404", code)
+	}
+	if code, _, _ := get(t, h, "/sticky"); code != 404 {
+		t.Errorf("/sticky without sticky routes = %d, want 404", code)
 	}
 	if code, _, _ := get(t, h, "/identity"); code != 404 {
 		t.Errorf("/identity without mTLS = %d, want 404", code)

@@ -36,6 +36,10 @@ type RouterOptions struct {
 	// Host would get another certificate than its connection's SNI did is
 	// answered 421 (no domain fronting). Nil on a plain listener.
 	Certificates *Certificates
+	// Sticky returns the sticky session filter of a route with a sticky
+	// section; it runs last of the route's filters, next to its backends.
+	// Nil when no route has one.
+	Sticky func(*config.Route) pipeline.Filter
 }
 
 // Router routes one edge listener's requests: it normalizes the path,
@@ -100,7 +104,7 @@ func NewRouter(o RouterOptions) *Router {
 			}
 			rt.chains[key] = &pipeline.Route{
 				Name: route.Name, Service: route.Name,
-				Handler: pipeline.Chain(routeHandler(route.Config, p, o.Backends), append(o.Filters, routeFilters(route.Config, p)...)...),
+				Handler: pipeline.Chain(routeHandler(route.Config, p, o.Backends), append(o.Filters, routeFilters(route.Config, p, o.Sticky)...)...),
 			}
 		}
 	}
@@ -138,8 +142,9 @@ func (rt *Router) Route(r *http.Request) *pipeline.Route {
 }
 
 // routeFilters are route's own filters, in order: the body limit, request
-// headers, the rewrite (under matched prefix), response headers.
-func routeFilters(rc *config.Route, prefix string) []pipeline.Filter {
+// headers, the rewrite (under matched prefix), response headers, the
+// sticky session.
+func routeFilters(rc *config.Route, prefix string, sticky func(*config.Route) pipeline.Filter) []pipeline.Filter {
 	var fs []pipeline.Filter
 	if n := int64(rc.MaxBodyBytes); n > 0 {
 		fs = append(fs, pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
@@ -181,6 +186,9 @@ func routeFilters(rc *config.Route, prefix string) []pipeline.Filter {
 		fs = append(fs, pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
 			return next.ServeHTTP(&headerWriter{ResponseWriter: w, edit: h}, r)
 		}))
+	}
+	if rc.Sticky != nil && sticky != nil {
+		fs = append(fs, sticky(rc))
 	}
 	return fs
 }

@@ -29,7 +29,7 @@ func (o telemetryObserver) End(ctx context.Context, r *http.Request, info *Info)
 		Status: info.Status, BytesIn: info.BytesIn, BytesOut: info.BytesOut,
 		Upstream: info.Upstream, Endpoint: info.Endpoint, Tries: info.Tries,
 		Peer: info.Peer, PolicyRule: info.PolicyRule, PolicyAllowed: info.PolicyAllowed,
-		RequestID: info.RequestID,
+		RequestID: info.RequestID, Sticky: info.Sticky,
 	}
 	if info.Err != nil {
 		rec.ErrorKind = string(info.Err.Kind)

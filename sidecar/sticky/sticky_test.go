@@ -1,0 +1,202 @@
+package sticky_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
+)
+
+// known waits until every running edge holds n sessions of the route.
+func (p *pool) known(n int) {
+	p.t.Helper()
+	meshtest.WaitFor(p.t, 5*time.Second, fmt.Sprintf("%d sessions on every edge", n), func() bool {
+		for _, e := range p.edges {
+			if e.stopped {
+				continue
+			}
+			st := e.sc.Sticky()
+			if len(st) != 1 || st[0].Table.Entries != n {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestCookieSessionAcrossEdges: a session begun through edge A keeps
+// every request on one backend through A, B and C; the cookie names the
+// session, never a backend, and carries the safe attributes.
+func TestCookieSessionAcrossEdges(t *testing.T) {
+	apps := startBackends(t, 4)
+	p := newPool(t, "{ mode: cookie }", apps)
+	a, b, c := p.add(nil), p.add(nil), p.add(nil)
+	cl := newClient(t)
+	code, first, resp := cl.get(a, nil)
+	if code != 200 {
+		t.Fatalf("first request: %d %q", code, first)
+	}
+	var ck string
+	for _, line := range resp.Header.Values("Set-Cookie") {
+		if strings.HasPrefix(line, "sm_shop=") {
+			ck = line
+		}
+	}
+	if ck == "" {
+		t.Fatalf("Set-Cookie = %q, want the session cookie", resp.Header.Values("Set-Cookie"))
+	}
+	for _, want := range []string{"sm_shop=", "Path=/shop", "HttpOnly", "Secure", "SameSite=Strict", "Max-Age=43200"} {
+		if !strings.Contains(ck, want) {
+			t.Errorf("cookie %q lacks %s", ck, want)
+		}
+	}
+	for _, a := range apps {
+		_, port := hostPort(a.addr)
+		if strings.Contains(ck, port) || strings.Contains(ck, a.name) {
+			t.Errorf("cookie %q names backend %s (%s)", ck, a.name, a.addr)
+		}
+	}
+	p.known(1)
+	for i := range 50 {
+		e := []*edgeNode{a, b, c}[i%3]
+		if got := cl.mustGet(e, nil); got != first {
+			t.Fatalf("request %d through %s reached %s, the session is on %s", i, e.name, got, first)
+		}
+	}
+	for _, e := range p.edges {
+		st := e.sc.Sticky()[0]
+		if e == a && st.Created != 1 || e != a && st.Created != 0 {
+			t.Errorf("%s created %d sessions", e.name, st.Created)
+		}
+	}
+
+	// Another client gets a session of its own; 40 clients spread over
+	// the backends.
+	reached := map[string]bool{}
+	for range 40 {
+		reached[newClient(t).mustGet(b, nil)] = true
+	}
+	if len(reached) < 3 {
+		t.Errorf("40 new sessions reached only %v", reached)
+	}
+}
+
+// TestTamperedCookies: a cookie with a flipped byte, a made-up one, and
+// one whose session ended are no cookie: the request is balanced as new
+// and gets a new session, never the session the cookie tried to name.
+func TestTamperedCookies(t *testing.T) {
+	apps := startBackends(t, 4)
+	p := newPool(t, "{ mode: cookie }", apps)
+	a := p.add(nil)
+	victim := newClient(t)
+	victim.mustGet(a, nil)
+	value := victim.cookie["sm_shop"]
+	flip := []byte(value)
+	flip[3] ^= 1
+	id, _, _ := strings.Cut(value, ".")
+	for name, forged := range map[string]string{
+		"flipped byte":        string(flip),
+		"victim's id, no sig": id,
+		"victim's id, bad sig": id + ".AAAAAAAAAAAAAAAAAAAAAA",
+		"garbage":              "x",
+	} {
+		attacker := newClient(t)
+		attacker.cookie["sm_shop"] = forged
+		code, _, resp := attacker.get(a, nil)
+		if code != 200 {
+			t.Fatalf("%s: %d", name, code)
+		}
+		if got := attacker.cookie["sm_shop"]; got == forged || got == value || !strings.Contains(strings.Join(resp.Header.Values("Set-Cookie"), ";"), "sm_shop=") {
+			t.Errorf("%s: the edge kept the forged cookie or gave the victim's (%q)", name, got)
+		}
+	}
+	if st := a.sc.Sticky()[0]; st.Misses != 4 || st.Created != 5 || st.Hits != 0 {
+		t.Errorf("stats %+v: want 4 misses, 5 sessions, no hit", st)
+	}
+}
+
+// TestFallbackMovesEverywhere: when a session's backend dies, the
+// session moves to one new backend, the same through every edge, and
+// stays there.
+func TestFallbackMovesEverywhere(t *testing.T) {
+	apps := startBackends(t, 4)
+	p := newPool(t, "{ mode: cookie }", apps)
+	a, b, c := p.add(nil), p.add(nil), p.add(nil)
+	cl := newClient(t)
+	first := cl.mustGet(a, nil)
+	p.known(1)
+	for _, app := range apps {
+		if app.name == first {
+			app.stop()
+		}
+	}
+	var moved string
+	for i := range 30 {
+		e := []*edgeNode{b, c, a}[i%3]
+		got := cl.mustGet(e, nil)
+		if got == first {
+			t.Fatalf("request %d through %s reached the stopped %s", i, e.name, first)
+		}
+		if moved == "" {
+			moved = got
+		}
+		if got != moved {
+			t.Fatalf("request %d through %s reached %s; the session moved to %s", i, e.name, got, moved)
+		}
+	}
+}
+
+// TestStrictRefuses: a strict session whose backend is down is answered
+// 503 with Retry-After, and is not moved.
+func TestStrictRefuses(t *testing.T) {
+	apps := startBackends(t, 3)
+	p := newPool(t, "{ mode: header, header: X-User, on_unavailable: strict }", apps)
+	a := p.add(nil)
+	cl := newClient(t)
+	user := map[string]string{"X-User": "ada"}
+	first := cl.mustGet(a, user)
+	for _, app := range apps {
+		if app.name == first {
+			app.stop()
+		}
+	}
+	for i := range 5 {
+		code, body, resp := cl.get(a, user)
+		if code != 503 || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("request %d: %d %q (Retry-After %q), want 503 with Retry-After", i, code, body, resp.Header.Get("Retry-After"))
+		}
+	}
+	if got := cl.mustGet(a, map[string]string{"X-User": "grace"}); got == first {
+		t.Errorf("a new session went to the stopped %s", first)
+	}
+}
+
+// TestSessionBound: a route's sessions are bounded; the least recently
+// used are forgotten and counted, the recent ones kept.
+func TestSessionBound(t *testing.T) {
+	apps := startBackends(t, 3)
+	p := newPool(t, "{ mode: header, header: X-User, max_sessions: 50 }", apps)
+	a := p.add(nil)
+	cl := newClient(t)
+	where := map[string]string{}
+	for i := range 200 {
+		u := fmt.Sprintf("user-%d", i)
+		where[u] = cl.mustGet(a, map[string]string{"X-User": u})
+	}
+	st := a.sc.Sticky()[0]
+	if st.Table.Entries != 50 || st.Table.Evictions != 150 {
+		t.Fatalf("table %+v (%+v): want 50 sessions and 150 evicted", st.Table, st)
+	}
+	hits := st.Hits
+	for i := 150; i < 200; i++ {
+		u := fmt.Sprintf("user-%d", i)
+		if got := cl.mustGet(a, map[string]string{"X-User": u}); got != where[u] {
+			t.Fatalf("%s moved from %s to %s", u, where[u], got)
+		}
+	}
+	if st := a.sc.Sticky()[0]; st.Hits-hits != 50 {
+		t.Errorf("the 50 most recent sessions: %d hits", st.Hits-hits)
+	}
+}

@@ -1,0 +1,277 @@
+package sticky
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidemesh/sidemesh/discovery/gossip"
+	"github.com/sidemesh/sidemesh/sidecar/config"
+)
+
+// Prefix is the namespace of sticky sessions in the gossip store: a
+// session of route R is under "sticky/R/<hash of its token>".
+const Prefix = "sticky/"
+
+// Session is what the table holds for one session: where its requests
+// go, and its wall-clock deadlines' starting points.
+type Session struct {
+	// Service is the backend service of the route the session uses.
+	Service string
+	// Endpoint is the endpoint's discovery ID, stable across restarts of
+	// the instance and never reused by another: not its address, which a
+	// new instance may get.
+	Endpoint string
+	// Created is when the session began; Touched when a request last
+	// refreshed it (at most every quarter of the idle timeout).
+	Created, Touched time.Time
+}
+
+// Table is the session table of an edge: the sessions of every sticky
+// route, in the gossip pool's replicated store, so that every edge sees
+// every session. A session's entry expires on every member with its
+// deadlines. Safe for concurrent use.
+type Table struct {
+	store *gossip.Store
+	now   func() time.Time
+	skew  time.Duration
+	ring  atomic.Pointer[keyring]
+
+	mu     sync.Mutex
+	routes map[string]*Route
+}
+
+// keyring is a set of Keys in use, with an HMAC pool per table key
+// (current first).
+type keyring struct {
+	keys    *Keys
+	hashers []sync.Pool
+}
+
+func newKeyring(keys *Keys) *keyring {
+	kr := &keyring{keys: keys, hashers: make([]sync.Pool, len(keys.table))}
+	for i, k := range keys.table {
+		kr.hashers[i].New = func() any { return hmac.New(sha256.New, k) }
+	}
+	return kr
+}
+
+// TableOptions configure NewTable.
+type TableOptions struct {
+	// ClockSkew is how far apart the edges' clocks may be: sessions are
+	// kept this much past their deadlines. Default 5s.
+	ClockSkew time.Duration
+	// Now is the wall clock; default time.Now. Tests skew it.
+	Now func() time.Time
+}
+
+// NewTable returns the table over store, with keys.
+func NewTable(store *gossip.Store, keys *Keys, o TableOptions) *Table {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.ClockSkew == 0 {
+		o.ClockSkew = 5 * time.Second
+	}
+	t := &Table{store: store, now: o.Now, skew: o.ClockSkew, routes: map[string]*Route{}}
+	t.ring.Store(newKeyring(keys))
+	return t
+}
+
+// SetKeys replaces the keys (a reload after a rotation): requests from
+// now on sign and hash with the new ones.
+func (t *Table) SetKeys(keys *Keys) { t.ring.Store(newKeyring(keys)) }
+
+// Route returns the sticky state of the route named rc.Name, configured
+// by rc.Sticky (which must not be nil): the same Route for the same name,
+// its configuration replaced (on a reload), so that its counters last.
+// It bounds the route's sessions to rc.Sticky.MaxSessions.
+func (t *Table) Route(rc *config.Route) *Route {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.routes[rc.Name]
+	if r == nil {
+		r = &Route{name: rc.Name, prefix: Prefix + rc.Name + "/", table: t}
+		t.routes[rc.Name] = r
+	}
+	r.cfg.Store(&routeConfig{Sticky: *rc.Sticky, cookieName: rc.CookieName(), cookiePath: rc.CookiePath()})
+	t.store.Limit(r.prefix, rc.Sticky.MaxSessions)
+	return r
+}
+
+// Routes returns the routes the table has served, by name.
+func (t *Table) Routes() []*Route {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*Route, 0, len(t.routes))
+	for _, r := range t.routes {
+		out = append(out, r)
+	}
+	return out
+}
+
+// Route is one sticky route: its configuration and counters. Safe for
+// concurrent use.
+type Route struct {
+	name, prefix string
+	table        *Table
+	cfg          atomic.Pointer[routeConfig]
+	stats        counters
+}
+
+type routeConfig struct {
+	config.Sticky
+	cookieName, cookiePath string
+}
+
+// counters count what a route's filter did.
+type counters struct {
+	hits, misses, created, rebinds, refused atomic.Uint64
+}
+
+// Stats are a route's counters and table size.
+type Stats struct {
+	Route string
+	// Hits are requests that reached their session's endpoint; Misses
+	// requests whose token named no live session (unknown, expired,
+	// tampered); Created sessions begun here; Rebinds sessions moved off
+	// an unavailable endpoint here; Refused requests a strict session's
+	// unavailable endpoint could not take.
+	Hits, Misses, Created, Rebinds, Refused uint64
+	// Table is what this edge holds of the route's sessions.
+	Table gossip.PrefixStats
+}
+
+// Stats returns r's counters.
+func (r *Route) Stats() Stats {
+	return Stats{
+		Route: r.name, Hits: r.stats.hits.Load(), Misses: r.stats.misses.Load(), Created: r.stats.created.Load(),
+		Rebinds: r.stats.rebinds.Load(), Refused: r.stats.refused.Load(), Table: r.table.store.PrefixStats(r.prefix),
+	}
+}
+
+// Name returns the route's name.
+func (r *Route) Name() string { return r.name }
+
+// key returns the table key of token under the i-th table key (0: the
+// current one), and a 64-bit hash of it for rendezvous rebinding. The
+// token itself never leaves this function.
+func (r *Route) key(kr *keyring, i int, token []byte) (string, uint64) {
+	h := kr.hashers[i].Get().(hash.Hash)
+	h.Reset()
+	h.Write([]byte(r.name))
+	h.Write([]byte{0})
+	h.Write(token)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	kr.hashers[i].Put(h)
+	var b strings.Builder
+	b.Grow(len(r.prefix) + 22)
+	b.WriteString(r.prefix)
+	enc := base64.RawURLEncoding
+	var text [22]byte
+	enc.Encode(text[:], sum[:16])
+	b.Write(text[:])
+	return b.String(), binary.BigEndian.Uint64(sum[16:24]) | 1 // never 0: RebindKey 0 means none
+}
+
+// lookup finds token's live session, trying the current key and then the
+// previous one. It returns the session's table key (the current key's
+// when there is none), its rebind key, and whether it was found.
+func (r *Route) lookup(token []byte, cfg *routeConfig) (key string, rebind uint64, s Session, found bool) {
+	now := r.table.now()
+	kr := r.table.ring.Load()
+	for i := range kr.hashers {
+		k, rk := r.key(kr, i, token)
+		if i == 0 {
+			key, rebind = k, rk
+		}
+		e, ok := r.table.store.Get(k)
+		if !ok {
+			continue
+		}
+		s, err := decodeSession(e.Value)
+		if err != nil || !r.live(s, cfg, now) {
+			continue
+		}
+		r.table.store.Touch(k)
+		return k, rk, s, true
+	}
+	return key, rebind, Session{}, false
+}
+
+// live reports whether s has not passed either deadline, give or take
+// the clock skew the edges may have.
+func (r *Route) live(s Session, cfg *routeConfig, now time.Time) bool {
+	return now.Before(s.Touched.Add(cfg.IdleTimeout+r.table.skew)) && now.Before(s.Created.Add(cfg.AbsoluteTimeout+r.table.skew))
+}
+
+// bind writes s under key; every edge learns it by gossip. The entry
+// expires with the earlier of the session's deadlines, plus the skew.
+func (r *Route) bind(key string, s Session, cfg *routeConfig) error {
+	end := s.Touched.Add(cfg.IdleTimeout)
+	if abs := s.Created.Add(cfg.AbsoluteTimeout); abs.Before(end) {
+		end = abs
+	}
+	ttl := end.Sub(r.table.now()) + r.table.skew
+	if ttl <= 0 {
+		return nil // over already
+	}
+	return r.table.store.Set(key, encodeSession(s), gossip.SetOptions{TTL: ttl})
+}
+
+// A session's value: "1" then service, endpoint ID, created and touched
+// in Unix milliseconds, separated by NUL (which neither name holds).
+func encodeSession(s Session) []byte {
+	b := make([]byte, 0, 2+len(s.Service)+len(s.Endpoint)+30)
+	b = append(b, '1', 0)
+	b = append(b, s.Service...)
+	b = append(b, 0)
+	b = append(b, s.Endpoint...)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, s.Created.UnixMilli(), 10)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, s.Touched.UnixMilli(), 10)
+	return b
+}
+
+var errBadSession = errors.New("sticky: malformed session entry")
+
+func decodeSession(b []byte) (Session, error) {
+	parts := strings.Split(string(b), "\x00")
+	if len(parts) != 5 || parts[0] != "1" || parts[1] == "" || parts[2] == "" {
+		return Session{}, errBadSession
+	}
+	created, err1 := strconv.ParseInt(parts[3], 10, 64)
+	touched, err2 := strconv.ParseInt(parts[4], 10, 64)
+	if err1 != nil || err2 != nil {
+		return Session{}, fmt.Errorf("%w: %q", errBadSession, b)
+	}
+	return Session{Service: parts[1], Endpoint: parts[2], Created: time.UnixMilli(created), Touched: time.UnixMilli(touched)}, nil
+}
+
+// Config returns the route's sticky configuration in force.
+func (r *Route) Config() config.Sticky { return r.cfg.Load().Sticky }
+
+// PerEndpoint counts the route's live sessions on each endpoint, by its
+// discovery ID. It reads the whole of this edge's copy of the route's
+// table: for the admin API, not for requests.
+func (r *Route) PerEndpoint() map[string]int {
+	cfg, now := r.cfg.Load(), r.table.now()
+	out := map[string]int{}
+	for _, e := range r.table.store.List(r.prefix) {
+		if s, err := decodeSession(e.Value); err == nil && r.live(s, cfg, now) {
+			out[s.Endpoint]++
+		}
+	}
+	return out
+}
