@@ -15,8 +15,9 @@ import (
 // channel), and none keeps a reference to a buffer it is given: decoding
 // copies every key, owner and value.
 type delegate struct {
-	store *Store
-	log   *slog.Logger
+	store  *Store
+	direct *direct
+	log    *slog.Logger
 }
 
 // NodeMeta returns this node's incarnation, which lets other members tell
@@ -29,8 +30,15 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return meta
 }
 
-// NotifyMsg applies a broadcast received from another member.
+// NotifyMsg applies a broadcast or a direct message received from
+// another member.
 func (d *delegate) NotifyMsg(buf []byte) {
+	if isDirect(buf) {
+		if err := d.direct.handle(buf); err != nil {
+			d.log.Warn("gossip: dropped a direct message", "err", err, "bytes", len(buf))
+		}
+		return
+	}
 	if err := d.store.handleMessage(buf); err != nil {
 		d.log.Warn("gossip: dropped a broadcast", "err", err, "bytes", len(buf))
 	}

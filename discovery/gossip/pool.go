@@ -113,11 +113,12 @@ const minRetransmitMult = 4
 // and gives access to the replicated Store. All methods are safe for
 // concurrent use.
 type Pool struct {
-	name  string
-	log   *slog.Logger
-	ml    *memberlist.Memberlist
-	store *Store
-	done  chan struct{}
+	name   string
+	log    *slog.Logger
+	ml     *memberlist.Memberlist
+	store  *Store
+	direct *direct
+	done   chan struct{}
 
 	life sync.Mutex // serializes Leave and Shutdown (memberlist panics on Leave after Shutdown)
 
@@ -160,7 +161,8 @@ func Start(c Config) (*Pool, error) {
 		now:            c.Clock,
 		log:            logger,
 	})
-	mlc.Delegate = &delegate{store: store, log: logger}
+	dm := newDirect(store, mlc.Name, logger)
+	mlc.Delegate = &delegate{store: store, direct: dm, log: logger}
 	mlc.Events = &events{store: store, log: logger}
 	mlc.Logger = log.New(logWriter{log: logger}, "", 0)
 
@@ -169,7 +171,8 @@ func Start(c Config) (*Pool, error) {
 		store.close()
 		return nil, fmt.Errorf("gossip: start %s on %s: %w", mlc.Name, c.Bind, err)
 	}
-	p := &Pool{name: mlc.Name, log: logger, ml: ml, store: store, done: make(chan struct{})}
+	dm.ml.Store(ml)
+	p := &Pool{name: mlc.Name, log: logger, ml: ml, store: store, direct: dm, done: make(chan struct{})}
 	p.wg.Add(2)
 	go p.sweepLoop()
 	go p.reconnectLoop(c.Join)
