@@ -104,7 +104,9 @@ func (s *Sidecar) useStickyKeys(cfg *config.Config, keys *sticky.Keys) {
 	switch table := s.sticky.Load(); {
 	case keys == nil:
 	case table == nil:
-		s.sticky.Store(sticky.NewTable(s.backends.pool.Store(), keys, sticky.TableOptions{ClockSkew: cfg.Edge.Sticky.ClockSkew, Now: s.clock}))
+		s.sticky.Store(sticky.NewTable(s.backends.pool.Store(), keys, sticky.TableOptions{
+			ClockSkew: cfg.Edge.Sticky.ClockSkew, Now: s.clock, Peers: s.backends.pool,
+		}))
 	default:
 		table.SetKeys(keys)
 	}
@@ -123,6 +125,15 @@ func (s *Sidecar) Sticky() []sticky.Stats {
 	}
 	slices.SortFunc(out, func(a, b sticky.Stats) int { return strings.Compare(a.Route, b.Route) })
 	return out
+}
+
+// StickyEdges returns the edges this one knows share its session table,
+// itself included; nil without sticky routes.
+func (s *Sidecar) StickyEdges() []string {
+	if table := s.sticky.Load(); table != nil {
+		return table.Owners()
+	}
+	return nil
 }
 
 // GossipMembers returns the number of live members of the gossip pool,

@@ -138,8 +138,21 @@ drain_timeout: 1s
 	e := &edgeNode{name: name, addr: ln.Addr().String(), sc: sc}
 	t.Cleanup(func() { e.stop() })
 	p.edges = append(p.edges, e)
+	// In the pool, and every edge knows every other shares the table
+	// (sessions' owners are chosen among those).
 	meshtest.WaitFor(t, 10*time.Second, name+" in the pool", func() bool {
-		return sc.GossipMembers() == len(p.edges)
+		live := 0
+		for _, e := range p.edges {
+			if !e.stopped {
+				live++
+			}
+		}
+		for _, e := range p.edges {
+			if !e.stopped && (e.sc.GossipMembers() != live || len(e.sc.StickyEdges()) != live) {
+				return false
+			}
+		}
+		return true
 	})
 	return e
 }

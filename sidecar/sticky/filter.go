@@ -1,6 +1,7 @@
 package sticky
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -41,10 +42,10 @@ func (r *Route) Filter() pipeline.Filter {
 			return next.ServeHTTP(w, req)
 		}
 		cfg := r.cfg.Load()
-		x := exchange{route: r, cfg: cfg, info: info}
+		x := exchange{route: r, cfg: cfg, info: info, ctx: req.Context()}
 		if token := r.token(req, cfg); token != nil {
 			x.token = token
-			x.key, x.rebindKey, x.session, x.found = r.lookup(token, cfg)
+			x.key, x.rebindKey, x.session, x.found = r.lookup(req.Context(), token, cfg)
 			if !x.found {
 				r.stats.misses.Add(1)
 				info.Sticky = OutcomeMiss
@@ -163,6 +164,7 @@ func (r *Route) verify(v string) ([]byte, bool) {
 
 // exchange is one request's sticky state.
 type exchange struct {
+	ctx       context.Context
 	route     *Route
 	cfg       *routeConfig
 	info      *pipeline.Info
@@ -200,13 +202,15 @@ func (x *exchange) atHeaders(h http.Header, status int) {
 		info.Sticky = OutcomeRebind
 		r.stats.rebinds.Add(1)
 		x.session.Endpoint, x.session.Service, x.session.Touched = info.EndpointID, info.Upstream, now
-		r.bind(x.key, x.session, cfg)
+		if r.bind(x.key, x.session, cfg) == nil {
+			r.handOver(x.ctx, x.key)
+		}
 	case cfg.Mode == config.StickyCookieMode:
 		id := make([]byte, idBytes)
 		rand.Read(id)
 		kr := r.table.ring.Load()
 		key, _ := r.key(kr, 0, id)
-		r.begin(key, now, cfg, info)
+		r.begin(x.ctx, key, now, cfg, info)
 		c := http.Cookie{
 			Name: cfg.cookieName, Value: r.cookieValue(kr, id), Path: cfg.cookiePath, Domain: cfg.Cookie.Domain,
 			MaxAge: int(cfg.AbsoluteTimeout / time.Second), Secure: cfg.Cookie.Secure, HttpOnly: cfg.Cookie.HTTPOnly,
@@ -214,7 +218,7 @@ func (x *exchange) atHeaders(h http.Header, status int) {
 		}
 		h.Add("Set-Cookie", c.String())
 	case cfg.Mode != config.StickyLearnMode && x.token != nil: // header, source_ip
-		r.begin(x.key, now, cfg, info)
+		r.begin(x.ctx, x.key, now, cfg, info)
 	}
 	if cfg.Mode != config.StickyLearnMode {
 		return
@@ -228,15 +232,18 @@ func (x *exchange) atHeaders(h http.Header, status int) {
 	}
 	if token != nil && (!x.found || string(token) != string(x.token)) {
 		key, _ := r.key(r.table.ring.Load(), 0, token)
-		r.begin(key, now, cfg, info)
+		r.begin(x.ctx, key, now, cfg, info)
 	}
 }
 
-// begin records a new session under key, on the endpoint that answered.
-func (r *Route) begin(key string, now time.Time, cfg *routeConfig, info *pipeline.Info) {
+// begin records a new session under key, on the endpoint that answered,
+// and hands it to its owner edge.
+func (r *Route) begin(ctx context.Context, key string, now time.Time, cfg *routeConfig, info *pipeline.Info) {
 	info.Sticky = OutcomeNew
 	r.stats.created.Add(1)
-	r.bind(key, Session{Service: info.Upstream, Endpoint: info.EndpointID, Created: now, Touched: now}, cfg)
+	if r.bind(key, Session{Service: info.Upstream, Endpoint: info.EndpointID, Created: now, Touched: now}, cfg) == nil {
+		r.handOver(ctx, key)
+	}
 }
 
 // learned returns the session token a response sets in learn mode: the

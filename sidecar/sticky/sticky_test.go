@@ -97,8 +97,8 @@ func TestTamperedCookies(t *testing.T) {
 	flip[3] ^= 1
 	id, _, _ := strings.Cut(value, ".")
 	for name, forged := range map[string]string{
-		"flipped byte":        string(flip),
-		"victim's id, no sig": id,
+		"flipped byte":         string(flip),
+		"victim's id, no sig":  id,
 		"victim's id, bad sig": id + ".AAAAAAAAAAAAAAAAAAAAAA",
 		"garbage":              "x",
 	} {
@@ -198,5 +198,50 @@ func TestSessionBound(t *testing.T) {
 	}
 	if st := a.sc.Sticky()[0]; st.Hits-hits != 50 {
 		t.Errorf("the 50 most recent sessions: %d hits", st.Hits-hits)
+	}
+}
+
+// TestLearnAcrossEdges: the application begins a session of its own (a
+// JSESSIONID cookie) in a response through A; the next request with that
+// cookie reaches the same backend through B at once, before gossip could
+// have spread it (B asks the session's owner edge), and through C after
+// 100 ms and 2 s.
+func TestLearnAcrossEdges(t *testing.T) {
+	apps := startBackends(t, 4)
+	p := newPool(t, "{ mode: learn, learn: { cookie: JSESSIONID } }", apps)
+	a, b, c := p.add(nil), p.add(nil), p.add(nil)
+	for i := range 30 {
+		cl := newClient(t)
+		first := cl.mustGet(a, nil)
+		if cl.cookie["JSESSIONID"] == "" {
+			t.Fatal("the backend set no JSESSIONID")
+		}
+		if got := cl.mustGet(b, nil); got != first {
+			t.Fatalf("session %d: through A %s, through B at once %s", i, first, got)
+		}
+		if got := cl.mustGet(c, nil); got != first {
+			t.Fatalf("session %d: through A %s, through C at once %s", i, first, got)
+		}
+	}
+	var lookups, found uint64
+	for _, e := range []*edgeNode{b, c} {
+		st := e.sc.Sticky()[0]
+		lookups, found = lookups+st.OwnerLookups, found+st.OwnerFound
+		if st.OwnerErrors != 0 {
+			t.Errorf("%s: %d owner exchanges failed", e.name, st.OwnerErrors)
+		}
+	}
+	if found == 0 || found != lookups {
+		t.Errorf("B and C asked owners %d times and found %d sessions: want every lookup to find it", lookups, found)
+	}
+	t.Logf("60 requests right after the session began: %d went to the owner edge, all found", lookups)
+
+	for _, wait := range []time.Duration{100 * time.Millisecond, 2 * time.Second} {
+		cl := newClient(t)
+		first := cl.mustGet(a, nil)
+		time.Sleep(wait) // the delay under test, not a wait for a condition
+		if got := cl.mustGet(c, nil); got != first {
+			t.Fatalf("%v later through C: %s, the session is on %s", wait, got, first)
+		}
 	}
 }

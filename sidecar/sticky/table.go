@@ -1,6 +1,7 @@
 package sticky
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -45,6 +46,7 @@ type Table struct {
 	now   func() time.Time
 	skew  time.Duration
 	ring  atomic.Pointer[keyring]
+	peers Peers
 
 	mu     sync.Mutex
 	routes map[string]*Route
@@ -65,6 +67,22 @@ func newKeyring(keys *Keys) *keyring {
 	return kr
 }
 
+// Peers is the pool's direct messaging: how an edge hands a session it
+// created to the session's owner edge, and asks the owner for a session
+// it has not learned by gossip yet. *gossip.Pool implements it.
+type Peers interface {
+	Name() string
+	PushKey(ctx context.Context, node, key string) error
+	PullKey(ctx context.Context, node, key string) (bool, error)
+}
+
+// OwnerTimeout bounds each exchange with a session's owner edge. On a
+// miss the request waits at most this long before it is balanced as new;
+// a new session's response at most this long before it goes out. An
+// owner that just died is usually refused at once; this bounds the case
+// of a host that does not answer at all.
+const OwnerTimeout = 100 * time.Millisecond
+
 // TableOptions configure NewTable.
 type TableOptions struct {
 	// ClockSkew is how far apart the edges' clocks may be: sessions are
@@ -72,7 +90,19 @@ type TableOptions struct {
 	ClockSkew time.Duration
 	// Now is the wall clock; default time.Now. Tests skew it.
 	Now func() time.Time
+	// Peers, when set, makes every session known to its owner at once:
+	// the edge that rendezvous hashing on the session's key picks among
+	// the edges sharing the table (each announces itself under
+	// OwnersPrefix, tied to its membership). Without it sessions spread
+	// by gossip alone, and an edge that has not heard of a session yet
+	// balances its request as new.
+	Peers Peers
 }
+
+// OwnersPrefix is where the edges sharing a session table announce
+// themselves in the gossip store: "sticky-edge/<node name>", an empty
+// entry tied to the edge's membership.
+const OwnersPrefix = "sticky-edge/"
 
 // NewTable returns the table over store, with keys.
 func NewTable(store *gossip.Store, keys *Keys, o TableOptions) *Table {
@@ -83,6 +113,11 @@ func NewTable(store *gossip.Store, keys *Keys, o TableOptions) *Table {
 		o.ClockSkew = 5 * time.Second
 	}
 	t := &Table{store: store, now: o.Now, skew: o.ClockSkew, routes: map[string]*Route{}}
+	if o.Peers != nil {
+		t.peers = o.Peers
+		// Fails only on a shut-down pool, which serves nothing more.
+		_ = store.Set(OwnersPrefix+o.Peers.Name(), nil, gossip.SetOptions{Tied: true})
+	}
 	t.ring.Store(newKeyring(keys))
 	return t
 }
@@ -136,6 +171,7 @@ type routeConfig struct {
 // counters count what a route's filter did.
 type counters struct {
 	hits, misses, created, rebinds, refused atomic.Uint64
+	ownerLookups, ownerFound, ownerErrors   atomic.Uint64
 }
 
 // Stats are a route's counters and table size.
@@ -147,6 +183,11 @@ type Stats struct {
 	// an unavailable endpoint here; Refused requests a strict session's
 	// unavailable endpoint could not take.
 	Hits, Misses, Created, Rebinds, Refused uint64
+	// OwnerLookups are misses this edge asked the session's owner edge
+	// about, OwnerFound those the owner knew; OwnerErrors exchanges with
+	// an owner (lookups, or hand-overs of new sessions) that failed or
+	// timed out.
+	OwnerLookups, OwnerFound, OwnerErrors uint64
 	// Table is what this edge holds of the route's sessions.
 	Table gossip.PrefixStats
 }
@@ -156,6 +197,7 @@ func (r *Route) Stats() Stats {
 	return Stats{
 		Route: r.name, Hits: r.stats.hits.Load(), Misses: r.stats.misses.Load(), Created: r.stats.created.Load(),
 		Rebinds: r.stats.rebinds.Load(), Refused: r.stats.refused.Load(), Table: r.table.store.PrefixStats(r.prefix),
+		OwnerLookups: r.stats.ownerLookups.Load(), OwnerFound: r.stats.ownerFound.Load(), OwnerErrors: r.stats.ownerErrors.Load(),
 	}
 }
 
@@ -185,34 +227,125 @@ func (r *Route) key(kr *keyring, i int, token []byte) (string, uint64) {
 }
 
 // lookup finds token's live session, trying the current key and then the
-// previous one. It returns the session's table key (the current key's
-// when there is none), its rebind key, and whether it was found.
-func (r *Route) lookup(token []byte, cfg *routeConfig) (key string, rebind uint64, s Session, found bool) {
-	now := r.table.now()
+// previous one, then asking the session's owner edge. It returns the
+// session's table key (the current key's when there is none), its rebind
+// key, and whether it was found.
+func (r *Route) lookup(ctx context.Context, token []byte, cfg *routeConfig) (key string, rebind uint64, s Session, found bool) {
 	kr := r.table.ring.Load()
 	for i := range kr.hashers {
 		k, rk := r.key(kr, i, token)
 		if i == 0 {
 			key, rebind = k, rk
 		}
-		e, ok := r.table.store.Get(k)
-		if !ok {
-			continue
+		if s, ok := r.get(k, cfg); ok {
+			return k, rk, s, true
 		}
-		s, err := decodeSession(e.Value)
-		if err != nil || !r.live(s, cfg, now) {
-			continue
+	}
+	if owner := r.table.owner(key); owner != "" {
+		r.stats.ownerLookups.Add(1)
+		ctx, cancel := context.WithTimeout(ctx, OwnerTimeout)
+		ok, err := r.table.peers.PullKey(ctx, owner, key)
+		cancel()
+		if err != nil {
+			r.stats.ownerErrors.Add(1)
 		}
-		r.table.store.Touch(k)
-		return k, rk, s, true
+		if ok {
+			if s, ok := r.get(key, cfg); ok {
+				r.stats.ownerFound.Add(1)
+				return key, rebind, s, true
+			}
+		}
 	}
 	return key, rebind, Session{}, false
+}
+
+// get returns the live session stored under table key k, marking it
+// recently used.
+func (r *Route) get(k string, cfg *routeConfig) (Session, bool) {
+	e, ok := r.table.store.Get(k)
+	if !ok {
+		return Session{}, false
+	}
+	s, err := decodeSession(e.Value)
+	if err != nil || !r.live(s, cfg, r.table.now()) {
+		return Session{}, false
+	}
+	r.table.store.Touch(k)
+	return s, true
+}
+
+// Owners returns the node names of the edges sharing the table that this
+// edge knows of, itself included, sorted: those a session's owner is
+// chosen among.
+func (t *Table) Owners() []string {
+	var out []string
+	for _, e := range t.store.List(OwnersPrefix) {
+		out = append(out, e.Key[len(OwnersPrefix):])
+	}
+	return out
+}
+
+// owner returns the edge that owns table key k, by rendezvous hashing
+// over the edges sharing the table; "" when it is this edge, or without
+// Peers. While an edge's announcement spreads (well under a second on a
+// LAN) or a dead edge's is not yet dropped, edges may disagree on an
+// owner, or ask a dead one (refused at once, or OwnerTimeout): a session
+// begun in that window reaches the other edges by gossip alone.
+func (t *Table) owner(k string) string {
+	if t.peers == nil {
+		return ""
+	}
+	var best string
+	var bestScore uint64
+	for _, node := range t.Owners() {
+		if sc := rendezvous(node, k); best == "" || sc > bestScore {
+			best, bestScore = node, sc
+		}
+	}
+	if best == t.peers.Name() {
+		return ""
+	}
+	return best
+}
+
+// rendezvous scores node for key: FNV-1a over both, finished with
+// splitmix64's mixer so that similar names spread. Every edge computes
+// the same score.
+func rendezvous(node, key string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(node); i++ {
+		h = (h ^ uint64(node[i])) * 1099511628211
+	}
+	h *= 1099511628211 // a NUL between the two
+	for i := 0; i < len(key); i++ {
+		h = (h ^ uint64(key[i])) * 1099511628211
+	}
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
 }
 
 // live reports whether s has not passed either deadline, give or take
 // the clock skew the edges may have.
 func (r *Route) live(s Session, cfg *routeConfig, now time.Time) bool {
 	return now.Before(s.Touched.Add(cfg.IdleTimeout+r.table.skew)) && now.Before(s.Created.Add(cfg.AbsoluteTimeout+r.table.skew))
+}
+
+// handOver makes the session under key known to its owner edge before
+// the response goes out, so that the client's next request finds it
+// through any edge, before gossip has spread it.
+func (r *Route) handOver(ctx context.Context, key string) {
+	owner := r.table.owner(key)
+	if owner == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, OwnerTimeout)
+	defer cancel()
+	if err := r.table.peers.PushKey(ctx, owner, key); err != nil {
+		r.stats.ownerErrors.Add(1)
+	}
 }
 
 // bind writes s under key; every edge learns it by gossip. The entry
