@@ -241,13 +241,14 @@ func (r *Route) lookup(ctx context.Context, token []byte, cfg *routeConfig) (key
 			return k, rk, s, true
 		}
 	}
-	if owner := r.table.owner(key); owner != "" {
+	for _, owner := range r.table.owners(key) {
 		r.stats.ownerLookups.Add(1)
 		ctx, cancel := context.WithTimeout(ctx, OwnerTimeout)
 		ok, err := r.table.peers.PullKey(ctx, owner, key)
 		cancel()
 		if err != nil {
 			r.stats.ownerErrors.Add(1)
+			continue // dead or slow: ask the other owner
 		}
 		if ok {
 			if s, ok := r.get(key, cfg); ok {
@@ -255,6 +256,7 @@ func (r *Route) lookup(ctx context.Context, token []byte, cfg *routeConfig) (key
 				return key, rebind, s, true
 			}
 		}
+		break
 	}
 	return key, rebind, Session{}, false
 }
@@ -285,27 +287,45 @@ func (t *Table) Owners() []string {
 	return out
 }
 
-// owner returns the edge that owns table key k, by rendezvous hashing
-// over the edges sharing the table; "" when it is this edge, or without
-// Peers. While an edge's announcement spreads (well under a second on a
-// LAN) or a dead edge's is not yet dropped, edges may disagree on an
-// owner, or ask a dead one (refused at once, or OwnerTimeout): a session
-// begun in that window reaches the other edges by gossip alone.
-func (t *Table) owner(k string) string {
+// Owners is how many edges own each session: the edges that rendezvous
+// hashing on the session's key ranks first among those sharing the
+// table. The edge that begins a session hands it to its owners before
+// the response goes out, so that at least two edges hold it at once
+// (losing any one edge loses none), and an edge that misses a token asks
+// them, in rank order, before balancing the request as new.
+const Owners = 2
+
+// owners returns the owners of table key k other than this edge, in
+// rank order; none without Peers. While an edge's announcement spreads
+// (well under a second on a LAN) or a dead edge's is not yet dropped,
+// edges may disagree on owners, or ask a dead one (refused at once, or
+// OwnerTimeout): a session begun in that window may reach some edges by
+// gossip alone.
+func (t *Table) owners(k string) []string {
 	if t.peers == nil {
-		return ""
+		return nil
 	}
-	var best string
-	var bestScore uint64
+	type ranked struct {
+		node  string
+		score uint64
+	}
+	var top [Owners]ranked
 	for _, node := range t.Owners() {
-		if sc := rendezvous(node, k); best == "" || sc > bestScore {
-			best, bestScore = node, sc
+		c := ranked{node, rendezvous(node, k)}
+		for i := range top {
+			if top[i].node == "" || c.score > top[i].score {
+				c, top[i] = top[i], c
+			}
 		}
 	}
-	if best == t.peers.Name() {
-		return ""
+	self := t.peers.Name()
+	out := make([]string, 0, Owners)
+	for _, o := range top {
+		if o.node != "" && o.node != self {
+			out = append(out, o.node)
+		}
 	}
-	return best
+	return out
 }
 
 // rendezvous scores node for key: FNV-1a over both, finished with
@@ -333,19 +353,26 @@ func (r *Route) live(s Session, cfg *routeConfig, now time.Time) bool {
 	return now.Before(s.Touched.Add(cfg.IdleTimeout+r.table.skew)) && now.Before(s.Created.Add(cfg.AbsoluteTimeout+r.table.skew))
 }
 
-// handOver makes the session under key known to its owner edge before
+// handOver makes the session under key known to its owner edges before
 // the response goes out, so that the client's next request finds it
-// through any edge, before gossip has spread it.
+// through any edge before gossip has spread it, and so that losing any
+// one edge loses it nowhere.
 func (r *Route) handOver(ctx context.Context, key string) {
-	owner := r.table.owner(key)
-	if owner == "" {
+	owners := r.table.owners(key)
+	if len(owners) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, OwnerTimeout)
 	defer cancel()
-	if err := r.table.peers.PushKey(ctx, owner, key); err != nil {
-		r.stats.ownerErrors.Add(1)
+	var wg sync.WaitGroup
+	for _, owner := range owners {
+		wg.Go(func() {
+			if err := r.table.peers.PushKey(ctx, owner, key); err != nil {
+				r.stats.ownerErrors.Add(1)
+			}
+		})
 	}
+	wg.Wait()
 }
 
 // bind writes s under key; every edge learns it by gossip. The entry

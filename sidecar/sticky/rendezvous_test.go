@@ -1,0 +1,41 @@
+package sticky
+
+import (
+	"fmt"
+	"testing"
+)
+
+// TestRendezvousSpreadsAndIsStable: owners spread evenly over the edges,
+// and when an edge goes, only the sessions it owned change owner.
+func TestRendezvousSpreadsAndIsStable(t *testing.T) {
+	first := func(nodes []string, key string) string {
+		var best string
+		var bestScore uint64
+		for _, n := range nodes {
+			if sc := rendezvous(n, key); best == "" || sc > bestScore {
+				best, bestScore = n, sc
+			}
+		}
+		return best
+	}
+	nodes := []string{"edge-a", "edge-b", "edge-c", "edge-d"}
+	const keys = 20000
+	count := map[string]int{}
+	moved := 0
+	for i := range keys {
+		k := fmt.Sprintf("sticky/shop/%d", i)
+		o := first(nodes, k)
+		count[o]++
+		if after := first(nodes[:3], k); after != o && o != "edge-d" {
+			moved++
+		}
+	}
+	for _, n := range nodes {
+		if share := float64(count[n]) / keys; share < 0.22 || share > 0.28 {
+			t.Errorf("%s owns %.3f of the sessions, want about 0.25 (%v)", n, share, count)
+		}
+	}
+	if moved != 0 {
+		t.Errorf("%d sessions of the remaining edges changed owner when edge-d went", moved)
+	}
+}
