@@ -76,6 +76,9 @@ var (
 	// joinResync is when a member repeats its push/pull with the seeds
 	// after joining.
 	joinResync = 2 * time.Second
+	// stateLimit bounds the push/pull state this member sends; larger
+	// states are paged (Store.localState).
+	stateLimit = MaxStateSize
 	// sweepInterval is how often a pool garbage-collects its store.
 	sweepInterval = time.Second
 	// reconnectInterval is how often a pool tries to reach one member it

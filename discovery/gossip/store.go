@@ -96,6 +96,7 @@ type Store struct {
 	members   map[string]*member
 	subs      map[*subscription]struct{}
 	bounds    map[string]*bound // by prefix (Limit)
+	pageFrom  string            // the key the next paged push/pull state starts at
 	closed    bool
 	lastSweep time.Time
 }
@@ -604,29 +605,50 @@ func (s *Store) handleMessage(buf []byte) error {
 	return nil
 }
 
-// localState encodes the whole state for a push/pull: every record,
-// tombstones included so that a member that missed a delete learns it,
-// and entries of other incarnations included so that a restarted node sees
-// its old self's versions and refutes them; only tied entries of owners
-// known to be gone are left out. The mutex is held only to copy pointers
-// to the immutable entries.
+// localState encodes the state for a push/pull: every record, tombstones
+// included so that a member that missed a delete learns it, and entries
+// of other incarnations included so that a restarted node sees its old
+// self's versions and refutes them; only tied entries of owners known to
+// be gone are left out. The mutex is held only to copy pointers to the
+// immutable entries.
+//
+// A state larger than stateLimit is paged: each push/pull carries the
+// entries in key order from where the previous one stopped, wrapping
+// around, so that every entry gets to every member within a known number
+// of push/pulls (the size over the limit, rounded up) instead of an
+// unbounded random wait.
 func (s *Store) localState() []byte {
 	s.mu.Lock()
 	clock := s.clock
 	entries := make([]*entry, 0, len(s.records))
-	for _, r := range s.records { // random order: see the omitted case below
+	size := 0
+	for _, r := range s.records {
 		if !s.ownerGoneLocked(r.entry) {
 			entries = append(entries, r.entry)
+			size += len(r.key) + len(r.value) + len(r.owner) + 32
 		}
 	}
+	from := s.pageFrom
 	s.mu.Unlock()
-	b, omitted := encodeState(clock, entries, MaxStateSize)
-	if omitted > 0 {
-		// Each push/pull carries a different random subset, so every
-		// entry still gets around, only more slowly.
-		s.log.Warn("gossip: state larger than a push/pull can carry; some entries left out",
-			"entries", len(entries), "omitted", omitted, "limit_bytes", MaxStateSize)
+	if size+64 <= stateLimit {
+		b, omitted := encodeState(clock, entries, stateLimit)
+		if omitted == 0 {
+			return b
+		}
 	}
+	slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(a.key, b.key) })
+	start, _ := slices.BinarySearchFunc(entries, from, func(e *entry, k string) int { return strings.Compare(e.key, k) })
+	entries = append(entries[start:], entries[:start]...)
+	b, omitted := encodeState(clock, entries, stateLimit)
+	next := ""
+	if omitted > 0 {
+		next = entries[len(entries)-omitted].key
+	}
+	s.mu.Lock()
+	s.pageFrom = next
+	s.mu.Unlock()
+	s.log.Debug("gossip: state larger than a push/pull; sent a page",
+		"entries", len(entries), "sent", len(entries)-omitted, "from", from, "limit_bytes", stateLimit)
 	return b
 }
 

@@ -591,3 +591,44 @@ func TestUnknownOwner(t *testing.T) {
 		t.Fatal("push/pull carried a departed owner's entry")
 	}
 }
+
+// TestLocalStateIsPaged: a state larger than a push/pull can carry is
+// sent in pages, in key order from where the last one stopped, so that a
+// member that merges them learns every entry within a known number of
+// push/pulls, not by chance.
+func TestLocalStateIsPaged(t *testing.T) {
+	old := stateLimit
+	stateLimit = 8 << 10
+	t.Cleanup(func() { stateLimit = old })
+	clk := newFakeClock()
+	src, dst := newTestStore("a", 1, clk), newTestStore("b", 2, clk)
+	const n = 1000
+	for i := range n {
+		if err := src.Set(fmt.Sprintf("sticky/shop/%04d", i), make([]byte, 60), SetOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	total := 0
+	for _, r := range src.records {
+		total += len(appendEntry(nil, r.entry))
+	}
+	pageBody := stateLimit - 32 - 100 // the state's header; an entry that does not fit ends a page
+	pages := (total + pageBody - 1) / pageBody
+	for i := 0; i < pages*2; i++ {
+		b := src.localState()
+		if len(b) > stateLimit {
+			t.Fatalf("page %d is %d bytes, over the %d limit", i, len(b), stateLimit)
+		}
+		if err := dst.mergeRemoteState(b); err != nil {
+			t.Fatal(err)
+		}
+		if len(dst.List("sticky/")) == n {
+			if i+1 > pages {
+				t.Errorf("learned %d entries in %d push/pulls, want at most %d", n, i+1, pages)
+			}
+			t.Logf("%d entries (about %d KiB) learned in %d pages of at most %d KiB", n, total>>10, i+1, stateLimit>>10)
+			return
+		}
+	}
+	t.Fatalf("after %d push/pulls the other member holds %d of %d entries", pages*2, len(dst.List("sticky/")), n)
+}
