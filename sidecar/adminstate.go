@@ -159,13 +159,15 @@ func (a adminState) Sticky() *admin.Sticky {
 	if table == nil {
 		return nil
 	}
-	out := &admin.Sticky{}
+	out := &admin.Sticky{Edges: table.Owners(), PendingUpdates: table.Pending()}
 	for _, r := range table.Routes() {
 		st, cfg := r.Stats(), r.Config()
 		out.Routes = append(out.Routes, admin.StickyRoute{
 			Route: st.Route, Mode: cfg.Mode, OnUnavailable: cfg.OnUnavailable,
 			Sessions: st.Table.Entries, Bytes: st.Table.Bytes, MaxSessions: cfg.MaxSessions, Evictions: st.Table.Evictions,
 			Hits: st.Hits, New: st.Created, Rebinds: st.Rebinds, Misses: st.Misses, Refused: st.Refused,
+			OwnerLookups: st.OwnerLookups, OwnerFound: st.OwnerFound,
+			OwnerMissing: st.OwnerMissing, OwnerErrors: st.OwnerErrors,
 			PerEndpoint: r.PerEndpoint(),
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image/png"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,9 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+
+	"github.com/sidemesh/sidemesh/discovery/gossip"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // chromiumPath returns the browser the dashboard test drives: the path in
@@ -511,5 +515,76 @@ upstreams:
 	}
 	if !regexp.MustCompile(`2 routes, digest [0-9a-f]{8,}`).MatchString(d.Text) {
 		t.Errorf("the routes section does not give the count and digest; the page shows:\n%s", d.Text)
+	}
+}
+
+// TestDashboardStickyInBrowser: an edge with a sticky route shows its
+// sessions, their endpoints, and the edges sharing the table.
+func TestDashboardStickyInBrowser(t *testing.T) {
+	chromium := chromiumPath(t)
+	backend := namedBackend(t, "cart")
+	adminAddr, edgeAddr := listenAddr(t), listenAddr(t)
+	dir := t.TempDir()
+	keys := map[string]string{}
+	for _, name := range []string{"gossip.key", "sticky.key"} {
+		k, err := gossip.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[name] = filepath.Join(dir, name)
+		if err := os.WriteFile(keys[name], []byte(k), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(t, parse(t, fmt.Sprintf(`
+admin: { listen: %s }
+edge:
+  listeners: [{ listen: %s }]
+  sticky: { key_file: %s }
+  routes:
+    - name: cart-api
+      matches: [{ path: { prefix: /api/cart } }]
+      sticky: { mode: header, header: X-User, max_sessions: 500 }
+      backends: [{ service: cart }]
+upstreams:
+  - { service: cart, endpoints: [{ address: %s }] }
+discovery: { gossip: { bind: 127.0.0.1:%d, key_file: %s, profile: local, node_name: edge-1 } }
+`, adminAddr, edgeAddr, keys["sticky.key"], backend, meshtest.FreeUDPAndTCPPort(t), keys["gossip.key"])))
+	c := &http.Client{Timeout: 5 * time.Second}
+	for _, user := range []string{"token-ada", "token-grace", "token-ada", "token-alan"} {
+		req, _ := http.NewRequest("GET", "http://"+edgeAddr+"/api/cart/1", nil)
+		req.Header.Set("X-User", user)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d", user, resp.StatusCode)
+		}
+	}
+
+	bctx := openDashboard(t, chromium, "http://"+adminAddr+"/", problemsJS)
+	d := waitForDashboard(t, bctx, "the edge's sticky sessions", func(d dashboardDOM) bool {
+		return d.Connection == "ok" && strings.Contains(d.Text, "sticky sessions")
+	})
+	var row string
+	for _, line := range strings.Split(d.Text, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "cart-api") && strings.Contains(line, "header") {
+			row = line
+		}
+	}
+	for _, want := range []string{"header, fallback", "3 / 500", backend + " 3"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("the sticky row %q lacks %q; the page shows:\n%s", row, want, d.Text)
+		}
+	}
+	if !strings.Contains(d.Text, "3 sessions held here") || !strings.Contains(d.Text, "shared by 1 edge (edge-1)") {
+		t.Errorf("the sticky section's summary is missing; the page shows:\n%s", d.Text)
+	}
+	for _, user := range []string{"token-ada", "token-grace", "token-alan"} {
+		if strings.Contains(d.Text, user) {
+			t.Errorf("the dashboard shows the session token %q", user)
+		}
 	}
 }

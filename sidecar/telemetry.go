@@ -202,6 +202,7 @@ func (s *Sidecar) observeSticky() []telemetry.StickyState {
 		out = append(out, telemetry.StickyState{
 			Route: st.Route, Sessions: int64(st.Table.Entries), Bytes: int64(st.Table.Bytes), Evictions: int64(st.Table.Evictions),
 			Hits: int64(st.Hits), New: int64(st.Created), Rebinds: int64(st.Rebinds), Misses: int64(st.Misses), Refused: int64(st.Refused),
+			OwnerFound: int64(st.OwnerFound), OwnerMissing: int64(st.OwnerMissing), OwnerErrors: int64(st.OwnerErrors),
 		})
 	}
 	return out

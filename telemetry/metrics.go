@@ -55,14 +55,17 @@ const (
 	// request metrics carry it as sidemesh.service).
 	KeyRouteName     = attribute.Key("sidemesh.route")
 	keyStickyOutcome = attribute.Key("sidemesh.sticky.outcome")
-	keyPeerService   = attribute.Key("peer.service")
-	keyURLPath       = attribute.Key("url.path")
-	keyURLScheme     = attribute.Key("url.scheme")
-	keyURLFull       = attribute.Key("url.full")
-	keyClientAddr    = attribute.Key("client.address")
-	keyUserAgent     = attribute.Key("user_agent.original")
-	keyProtoVersion  = attribute.Key("network.protocol.version")
-	keyIODirection   = attribute.Key("network.io.direction")
+	// keyStickyOwnerResult is what an exchange with a session's owner
+	// edge gave.
+	keyStickyOwnerResult = attribute.Key("sidemesh.sticky.owner.result")
+	keyPeerService       = attribute.Key("peer.service")
+	keyURLPath           = attribute.Key("url.path")
+	keyURLScheme         = attribute.Key("url.scheme")
+	keyURLFull           = attribute.Key("url.full")
+	keyClientAddr        = attribute.Key("client.address")
+	keyUserAgent         = attribute.Key("user_agent.original")
+	keyProtoVersion      = attribute.Key("network.protocol.version")
+	keyIODirection       = attribute.Key("network.io.direction")
 )
 
 // durationBuckets are the semantic conventions' advisory boundaries for

@@ -58,6 +58,9 @@ type StickyState struct {
 	// Requests by what the sticky filter did: hit, new, rebind, miss,
 	// refused (a strict session's endpoint was unavailable).
 	Hits, New, Rebinds, Misses, Refused int64
+	// Owner lookups by result: found (the owner knew the session),
+	// missing (it did not), error (failed or timed out).
+	OwnerFound, OwnerMissing, OwnerErrors int64
 }
 
 // Observed supplies the values metrics read at each collection rather
@@ -119,7 +122,9 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		metric.WithDescription("Sessions the route's max_sessions bound made this edge forget, least recently used first."))
 	outcomes, err13 := meter.Int64ObservableCounter("sidemesh.sticky.requests", metric.WithUnit("{request}"),
 		metric.WithDescription("Requests of a sticky route, by what happened to their session: hit, new, rebind, miss, refused."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13} {
+	owners, err14 := meter.Int64ObservableCounter("sidemesh.sticky.owner.lookups", metric.WithUnit("{lookup}"),
+		metric.WithDescription("Exchanges with a session's owner edge, by result: found, missing (a lookup the owner could not answer), error (failed or timed out)."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -187,10 +192,16 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 				}{{"hit", st.Hits}, {"new", st.New}, {"rebind", st.Rebinds}, {"miss", st.Misses}, {"refused", st.Refused}} {
 					ob.ObserveInt64(outcomes, c.n, metric.WithAttributes(route, keyStickyOutcome.String(c.outcome)))
 				}
+				for _, c := range []struct {
+					result string
+					n      int64
+				}{{"found", st.OwnerFound}, {"missing", st.OwnerMissing}, {"error", st.OwnerErrors}} {
+					ob.ObserveInt64(owners, c.n, metric.WithAttributes(route, keyStickyOwnerResult.String(c.result)))
+				}
 			}
 		}
 		return nil
-	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes)
+	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes, owners)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

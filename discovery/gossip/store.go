@@ -507,6 +507,16 @@ func (s *Store) queueLocked(name string, msg []byte) {
 	}
 }
 
+// Pending returns the number of updates queued for gossip on this member
+// (the sends still owed of each, counting one): how far behind its
+// writes its peers may be. It stays high under a burst of writes, and
+// drops as gossip catches up.
+func (s *Store) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.numQueued()
+}
+
 // numQueued returns the number of queued broadcasts, not counting the
 // sentinel.
 func (s *Store) numQueued() int {

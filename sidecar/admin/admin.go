@@ -47,6 +47,12 @@ type Provider interface {
 // only: no session token, and no table key.
 type Sticky struct {
 	Routes []StickyRoute `json:"routes"`
+	// Edges are the edges this one knows share the session table, itself
+	// included: those each session's owners are chosen among.
+	Edges []string `json:"edges"`
+	// PendingUpdates are updates this edge has queued for gossip and not
+	// yet sent to enough peers: its replication lag, in entries.
+	PendingUpdates int `json:"pending_updates"`
 }
 
 // StickyRoute is one sticky route's sessions, as this edge's copy of the
@@ -68,6 +74,14 @@ type StickyRoute struct {
 	Rebinds uint64 `json:"rebinds"`
 	Misses  uint64 `json:"misses"`
 	Refused uint64 `json:"refused"`
+	// OwnerLookups are asks to a session's owner edges about a token
+	// this edge missed: OwnerFound those an owner knew, OwnerMissing
+	// those it did not; OwnerErrors exchanges with an owner that failed
+	// or timed out.
+	OwnerLookups uint64 `json:"owner_lookups"`
+	OwnerFound   uint64 `json:"owner_found"`
+	OwnerMissing uint64 `json:"owner_missing"`
+	OwnerErrors  uint64 `json:"owner_errors"`
 	// PerEndpoint counts the live sessions on each endpoint, by its
 	// discovery ID.
 	PerEndpoint map[string]int `json:"per_endpoint"`

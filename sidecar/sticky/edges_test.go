@@ -56,9 +56,9 @@ func (b *backend) stop() { b.srv.Close() }
 
 // edgeNode is one in-process edge of a test pool.
 type edgeNode struct {
-	name, addr string
-	sc         *sidecar.Sidecar
-	stopped    bool
+	name, addr, admin string
+	sc                *sidecar.Sidecar
+	stopped           bool
 }
 
 // pool are edges in one gossip pool, in front of the same backends.
@@ -71,6 +71,7 @@ type pool struct {
 	apps    []*backend
 	edges   []*edgeNode
 	extra   string // more YAML for the upstream (resilience settings)
+	more    string // more top-level YAML (telemetry)
 }
 
 // newPool writes the keys the edges share.
@@ -97,7 +98,7 @@ func (p *pool) add(clock func() time.Time) *edgeNode {
 	t := p.t
 	t.Helper()
 	name := fmt.Sprintf("edge-%d", len(p.edges))
-	ln := meshtest.Listen(t)
+	ln, adminLn := meshtest.Listen(t), meshtest.Listen(t)
 	bind := fmt.Sprintf("127.0.0.1:%d", meshtest.FreeUDPAndTCPPort(t))
 	join := "[]" // the first edge seeds the pool
 	if p.seed == "" {
@@ -121,13 +122,15 @@ edge:
 upstreams:
   - { service: app, endpoints: [%s], %s }
 discovery: { gossip: { bind: %s, join: %s, key_file: %s, profile: local, node_name: %s } }
+admin: { listen: %s }
 drain_timeout: 1s
-`, ln.Addr(), p.keyFile, p.sticky, strings.Join(eps, ", "), p.extra, bind, join, filepath.Join(p.dir, "gossip.key"), name)
+%s
+`, ln.Addr(), p.keyFile, p.sticky, strings.Join(eps, ", "), p.extra, bind, join, filepath.Join(p.dir, "gossip.key"), name, adminLn.Addr(), p.more)
 	cfg, err := config.Parse(filepath.Join(p.dir, name+".yaml"), []byte(yaml))
 	if err != nil {
 		t.Fatalf("config:\n%v\n%s", err, yaml)
 	}
-	opts := []sidecar.Option{sidecar.WithListeners(ln)}
+	opts := []sidecar.Option{sidecar.WithListeners(ln, adminLn)}
 	if clock != nil {
 		opts = append(opts, sidecar.WithClock(clock))
 	}
@@ -135,7 +138,7 @@ drain_timeout: 1s
 	if err := sc.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	e := &edgeNode{name: name, addr: ln.Addr().String(), sc: sc}
+	e := &edgeNode{name: name, addr: ln.Addr().String(), admin: adminLn.Addr().String(), sc: sc}
 	t.Cleanup(func() { e.stop() })
 	p.edges = append(p.edges, e)
 	// In the pool, and every edge knows every other shares the table

@@ -2,11 +2,18 @@ package sticky_test
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/sidemesh/sidemesh/discovery/gossip"
 	"github.com/sidemesh/sidemesh/internal/meshtest"
+	"github.com/sidemesh/sidemesh/sidecar/sticky"
 )
 
 // known waits until every running edge holds n sessions of the route.
@@ -242,6 +249,162 @@ func TestLearnAcrossEdges(t *testing.T) {
 		time.Sleep(wait) // the delay under test, not a wait for a condition
 		if got := cl.mustGet(c, nil); got != first {
 			t.Fatalf("%v later through C: %s, the session is on %s", wait, got, first)
+		}
+	}
+}
+
+// header returns the X-User header of user i.
+func header(i int) map[string]string { return map[string]string{"X-User": fmt.Sprintf("user-%d", i)} }
+
+// spread sends one request per user 0..n-1 through pick(user), eight at
+// a time, and returns the backend each reached.
+func spread(t *testing.T, n int, pick func(int) *edgeNode) []string {
+	t.Helper()
+	out := make([]string, n)
+	users := make(chan int)
+	var wg sync.WaitGroup
+	for range 8 {
+		cl := newClient(t)
+		wg.Go(func() {
+			for u := range users {
+				code, body, _ := cl.get(pick(u), header(u))
+				if code != 200 {
+					body = fmt.Sprintf("status %d: %s", code, body)
+				}
+				out[u] = body
+			}
+		})
+	}
+	for u := range n {
+		users <- u
+	}
+	close(users)
+	wg.Wait()
+	return out
+}
+
+// TestNewEdgeLearnsTheTable: an edge that joins after 10,000 sessions
+// exist learns them from its join's push/pull (well within one
+// anti-entropy period) and routes every one to its backend; it reports
+// the memory its copy of the table takes.
+func TestNewEdgeLearnsTheTable(t *testing.T) {
+	apps := startBackends(t, 4)
+	p := newPool(t, "{ mode: header, header: X-User }", apps)
+	a := p.add(nil)
+	const n = 10000
+	where := spread(t, n, func(int) *edgeNode { return a })
+	start := time.Now()
+	d := p.add(nil)
+	meshtest.WaitFor(t, 15*time.Second, "D to hold every session", func() bool {
+		st := d.sc.Sticky()
+		return len(st) == 1 && st[0].Table.Entries == n
+	})
+	took := time.Since(start)
+	got := spread(t, n, func(int) *edgeNode { return d })
+	for u := range n {
+		if got[u] != where[u] {
+			t.Fatalf("user-%d through D reached %s, the session is on %s", u, got[u], where[u])
+		}
+	}
+	st := d.sc.Sticky()[0]
+	if st.Hits != n || st.Created != 0 {
+		t.Errorf("D: %d hits, %d created; want %d hits and none created", st.Hits, st.Created, n)
+	}
+	t.Logf("D held all %d sessions %v after it started; its copy takes about %d KiB, %d bytes a session",
+		n, took.Round(time.Millisecond), st.Table.Bytes>>10, st.Table.Bytes/st.Table.Entries)
+}
+
+// TestSkewedClocksExpireNothingEarly: with A's clock 2 s behind and B's
+// 2 s ahead, a session begun through A and read through B (which sees it
+// 4 s older than it is) does not end before its idle or absolute
+// timeout.
+func TestSkewedClocksExpireNothingEarly(t *testing.T) {
+	apps := startBackends(t, 3)
+	p := newPool(t, "{ mode: header, header: X-User, idle_timeout: 3s, absolute_timeout: 6s }", apps)
+	a := p.add(func() time.Time { return time.Now().Add(-2 * time.Second) })
+	b := p.add(func() time.Time { return time.Now().Add(2 * time.Second) })
+	c := p.add(nil)
+	cl := newClient(t)
+	idle, abs := header(1), header(2)
+	began := time.Now()
+	firstIdle, firstAbs := cl.mustGet(a, idle), cl.mustGet(a, abs)
+	p.known(2)
+	// Idle: unused for 2.5 s of its 3 s, read through B, to which it
+	// looks 6.5 s idle.
+	time.Sleep(2500*time.Millisecond - time.Since(began)) // the delay under test
+	if got := cl.mustGet(b, idle); got != firstIdle {
+		t.Fatalf("2.5 s idle through B: %s, the session is on %s", got, firstIdle)
+	}
+	// Absolute: kept in use through C, then read through B at 5 s of its
+	// 6 s, when it looks 9 s old there.
+	for time.Since(began) < 5*time.Second {
+		if got := cl.mustGet(c, abs); got != firstAbs {
+			t.Fatalf("%v after it began, through C: %s, the session is on %s", time.Since(began).Round(time.Millisecond), got, firstAbs)
+		}
+		time.Sleep(time.Second) // the delay under test: keeps the session in use
+	}
+	if got := cl.mustGet(b, abs); got != firstAbs {
+		t.Fatalf("5 s old through B: %s, the session is on %s", got, firstAbs)
+	}
+	for _, e := range []*edgeNode{b, c} {
+		if st := e.sc.Sticky()[0]; st.Created != 0 || st.Misses != 0 {
+			t.Errorf("%s: %+v; want no miss and no new session", e.name, st)
+		}
+	}
+}
+
+// TestNoRawTokenLeaves: the tokens that name sessions (cookie values,
+// the application's session cookie, header values) appear nowhere a
+// member of the pool or an operator can read: not in any entry of the
+// replicated store as a member that joins the pool receives it, not in
+// the admin API's output.
+func TestNoRawTokenLeaves(t *testing.T) {
+	apps := startBackends(t, 2)
+	var tokens []string
+	for _, mode := range []string{"{ mode: cookie }", "{ mode: learn, learn: { cookie: JSESSIONID } }", "{ mode: header, header: X-User }"} {
+		p := newPool(t, mode, apps)
+		a, b := p.add(nil), p.add(nil)
+		for i := range 5 {
+			cl := newClient(t)
+			cl.mustGet(a, header(100+i))
+			cl.mustGet(b, header(100+i))
+			for _, v := range cl.cookie {
+				tokens = append(tokens, v)
+			}
+			tokens = append(tokens, fmt.Sprintf("user-%d", 100+i))
+		}
+		p.known(5)
+
+		key, err := gossip.LoadKey(filepath.Join(p.dir, "gossip.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		spy, err := gossip.Start(gossip.Config{NodeName: "spy", Bind: "127.0.0.1:0", Join: []string{p.seed}, Key: key, Profile: "local", Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		meshtest.WaitFor(t, 10*time.Second, "the spy to receive the table", func() bool { return len(spy.Store().List(sticky.Prefix)) == 5 })
+		var seen strings.Builder
+		for _, e := range spy.Store().List("") {
+			fmt.Fprintf(&seen, "%s=%s owner=%s\n", e.Key, e.Value, e.Owner)
+		}
+		spy.Shutdown()
+		for _, path := range []string{"/sticky", "/config", "/metrics", "/routes"} {
+			resp, err := http.Get("http://" + a.admin + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			fmt.Fprintf(&seen, "%s: %s\n", path, body)
+		}
+		for _, tok := range tokens {
+			id, _, _ := strings.Cut(tok, ".") // a cookie's session ID too, not just the whole value
+			for _, s := range []string{tok, id} {
+				if strings.Contains(seen.String(), s) {
+					t.Errorf("%s: the token %q is readable in the pool or the admin API:\n%s", mode, s, seen.String())
+				}
+			}
 		}
 	}
 }

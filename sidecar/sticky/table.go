@@ -86,7 +86,8 @@ const OwnerTimeout = 100 * time.Millisecond
 // TableOptions configure NewTable.
 type TableOptions struct {
 	// ClockSkew is how far apart the edges' clocks may be: sessions are
-	// kept this much past their deadlines. Default 5s.
+	// kept this much past their deadlines. Zero trusts the clocks to
+	// agree exactly; the configuration's default is 5s.
 	ClockSkew time.Duration
 	// Now is the wall clock; default time.Now. Tests skew it.
 	Now func() time.Time
@@ -108,9 +109,6 @@ const OwnersPrefix = "sticky-edge/"
 func NewTable(store *gossip.Store, keys *Keys, o TableOptions) *Table {
 	if o.Now == nil {
 		o.Now = time.Now
-	}
-	if o.ClockSkew == 0 {
-		o.ClockSkew = 5 * time.Second
 	}
 	t := &Table{store: store, now: o.Now, skew: o.ClockSkew, routes: map[string]*Route{}}
 	if o.Peers != nil {
@@ -143,6 +141,11 @@ func (t *Table) Route(rc *config.Route) *Route {
 	return r
 }
 
+// Pending returns the updates of the pool's store still queued for
+// gossip on this edge: sessions (and other entries) its peers may not
+// have yet, its replication lag.
+func (t *Table) Pending() int { return t.store.Pending() }
+
 // Routes returns the routes the table has served, by name.
 func (t *Table) Routes() []*Route {
 	t.mu.Lock()
@@ -171,7 +174,8 @@ type routeConfig struct {
 // counters count what a route's filter did.
 type counters struct {
 	hits, misses, created, rebinds, refused atomic.Uint64
-	ownerLookups, ownerFound, ownerErrors   atomic.Uint64
+	ownerLookups, ownerFound, ownerMissing  atomic.Uint64
+	ownerErrors                             atomic.Uint64
 }
 
 // Stats are a route's counters and table size.
@@ -183,11 +187,11 @@ type Stats struct {
 	// an unavailable endpoint here; Refused requests a strict session's
 	// unavailable endpoint could not take.
 	Hits, Misses, Created, Rebinds, Refused uint64
-	// OwnerLookups are misses this edge asked the session's owner edge
-	// about, OwnerFound those the owner knew; OwnerErrors exchanges with
-	// an owner (lookups, or hand-overs of new sessions) that failed or
-	// timed out.
-	OwnerLookups, OwnerFound, OwnerErrors uint64
+	// OwnerLookups are asks this edge sent a session's owner edges about
+	// a token it missed: OwnerFound those an owner knew, OwnerMissing
+	// those it did not; OwnerErrors exchanges with an owner (lookups, or
+	// hand-overs of new sessions) that failed or timed out.
+	OwnerLookups, OwnerFound, OwnerMissing, OwnerErrors uint64
 	// Table is what this edge holds of the route's sessions.
 	Table gossip.PrefixStats
 }
@@ -197,7 +201,8 @@ func (r *Route) Stats() Stats {
 	return Stats{
 		Route: r.name, Hits: r.stats.hits.Load(), Misses: r.stats.misses.Load(), Created: r.stats.created.Load(),
 		Rebinds: r.stats.rebinds.Load(), Refused: r.stats.refused.Load(), Table: r.table.store.PrefixStats(r.prefix),
-		OwnerLookups: r.stats.ownerLookups.Load(), OwnerFound: r.stats.ownerFound.Load(), OwnerErrors: r.stats.ownerErrors.Load(),
+		OwnerLookups: r.stats.ownerLookups.Load(), OwnerFound: r.stats.ownerFound.Load(),
+		OwnerMissing: r.stats.ownerMissing.Load(), OwnerErrors: r.stats.ownerErrors.Load(),
 	}
 }
 
@@ -256,6 +261,7 @@ func (r *Route) lookup(ctx context.Context, token []byte, cfg *routeConfig) (key
 				return key, rebind, s, true
 			}
 		}
+		r.stats.ownerMissing.Add(1) // unknown, or ended
 		break
 	}
 	return key, rebind, Session{}, false
