@@ -63,6 +63,7 @@ func (a adminState) Upstreams() []admin.Upstream {
 				ID: ep.ID, Address: ep.Addr, Weight: ep.Weight, Zone: ep.Zone,
 				InFlight: ep.InFlight(), Requests: ep.Requests(), Failures: ep.Failures(), LatencyMS: float64(ep.Latency()) / float64(time.Millisecond),
 				Breaker: ep.BreakerState().String(), Healthy: ep.Healthy(), HealthChecked: u.cfg.HealthCheck.Enabled(),
+				Draining: ep.Draining(),
 			}
 			if until := ep.EjectedUntil(); !until.IsZero() {
 				e.EjectedUntil = &until
@@ -152,6 +153,12 @@ func (a adminState) Identity() *admin.Identity {
 	}
 	return &admin.Identity{SPIFFEID: b.ID.String(), NotAfter: b.NotAfter, ExpiresInSeconds: time.Until(b.NotAfter).Seconds()}
 }
+
+// Drain implements admin.Provider.
+func (a adminState) Drain(id string, on bool) error { return a.s.Drain(id, on) }
+
+// Drained implements admin.Provider.
+func (a adminState) Drained() []string { return a.s.Drained() }
 
 // Sticky implements admin.Provider.
 func (a adminState) Sticky() *admin.Sticky {

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/listener"
 	"github.com/sidemesh/sidemesh/sidecar/security"
@@ -66,11 +67,17 @@ type Sidecar struct {
 	sticky atomic.Pointer[sticky.Table]
 	// clock is the wall clock of sticky sessions and the gossip store;
 	// tests skew it (WithClock).
-	clock    func() time.Time
-	local    *upstream
-	sockets  map[string]*listener.Socket // by address
-	servers  map[string]*server          // by address
-	draining sync.WaitGroup              // servers replaced by a reload, still draining
+	clock func() time.Time
+	// drained is the endpoints every balancer of this sidecar gives no
+	// new work (Drain); localDrains, under drainMu, the drains asked of
+	// a sidecar without a gossip pool.
+	drained     balancer.Drained
+	drainMu     sync.Mutex
+	localDrains map[string]struct{}
+	local       *upstream
+	sockets     map[string]*listener.Socket // by address
+	servers     map[string]*server          // by address
+	draining    sync.WaitGroup              // servers replaced by a reload, still draining
 }
 
 // Option changes how New builds a Sidecar.
@@ -103,14 +110,15 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) *Sidecar {
 		log = slog.Default()
 	}
 	s := &Sidecar{
-		log:       log,
-		adopted:   map[string]net.Listener{},
-		upstreams: map[string]*upstream{},
-		variants:  map[string]*upstream{},
-		edgeCerts: map[string]*edgeCerts{},
-		sockets:   map[string]*listener.Socket{},
-		servers:   map[string]*server{},
-		clock:     time.Now,
+		log:         log,
+		adopted:     map[string]net.Listener{},
+		localDrains: map[string]struct{}{},
+		upstreams:   map[string]*upstream{},
+		variants:    map[string]*upstream{},
+		edgeCerts:   map[string]*edgeCerts{},
+		sockets:     map[string]*listener.Socket{},
+		servers:     map[string]*server{},
+		clock:       time.Now,
 	}
 	for _, o := range opts {
 		o(s)
@@ -135,6 +143,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		return err
 	}
 	s.backends = b
+	s.watchDrains()
 	tel, accessLog, err := s.startTelemetry(ctx, cfg)
 	if err != nil {
 		return s.abortStart(err)

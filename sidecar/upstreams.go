@@ -93,13 +93,13 @@ func keyOf(cfg config.Upstream) balancerKey {
 
 // newBalancer builds the balancer cfg asks for; its events are logged,
 // counted in metrics and kept in the admin API's event log.
-func newBalancer(cfg config.Upstream, log *slog.Logger, metrics *telemetry.Metrics) *balancer.Balancer {
+func newBalancer(cfg config.Upstream, log *slog.Logger, metrics *telemetry.Metrics, drained *balancer.Drained) *balancer.Balancer {
 	policy, err := balancer.NewPolicy(cfg.Balancer, balancer.PolicyOptions{HashOn: cfg.HashOn})
 	if err != nil { // validated by config
 		log.Error("balancer", "err", err)
 		policy = balancer.RoundRobin{}
 	}
-	opts := balancer.Options{OnEvent: func(ev balancer.Event) {
+	opts := balancer.Options{Drained: drained, OnEvent: func(ev balancer.Event) {
 		logEvent(log, ev)
 		countEvent(metrics, ev)
 		recordEvent(metrics, ev)
@@ -280,7 +280,7 @@ func (s *Sidecar) buildUpstream(cfg *config.Config, uc config.Upstream, old *ups
 	if old != nil && reflect.DeepEqual(keyOf(old.cfg), keyOf(uc)) {
 		u.bal = old.bal
 	} else {
-		u.bal = newBalancer(uc, log, tel.Metrics())
+		u.bal = newBalancer(uc, log, tel.Metrics(), &s.drained)
 	}
 	if old != nil && old.bal == u.bal && reflect.DeepEqual(old.health.settingsOrZero(), uc.HealthCheck) {
 		u.health = old.health

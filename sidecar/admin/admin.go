@@ -1,8 +1,10 @@
 // Package admin serves a sidecar's admin API: liveness, readiness, the
 // effective config, the state of its upstreams, discovery backends,
 // gossip pool and identity, recent availability events and traffic
-// history, as JSON. It listens on loopback by default; it changes
-// nothing.
+// history, as JSON. It listens on loopback by default. The one thing it
+// changes is which endpoints are drained (PUT and DELETE /drain/{id}):
+// methods a cross-site form or script cannot send to it without a CORS
+// preflight, which it never grants.
 package admin
 
 import (
@@ -41,6 +43,15 @@ type Provider interface {
 	// Sticky returns the edge's sticky sessions; nil without sticky
 	// routes.
 	Sticky() *Sticky
+	// Drain drains the endpoint with discovery ID id (on) or ends its
+	// drain; Drained lists the drained IDs.
+	Drain(id string, on bool) error
+	Drained() []string
+}
+
+// Drains is the answer of /drain: the drained endpoints' IDs.
+type Drains struct {
+	Drained []string `json:"drained"`
 }
 
 // Sticky is what an edge knows of its sticky sessions. It holds counts
@@ -142,6 +153,9 @@ type Endpoint struct {
 	// health checks: the endpoint's health is then unknown.
 	Healthy       bool `json:"healthy"`
 	HealthChecked bool `json:"health_checked"`
+	// Draining reports that the endpoint gets no new work, only requests
+	// of sticky sessions already on it (PUT /drain/{id}).
+	Draining bool `json:"draining"`
 }
 
 // Source is the state of one discovery backend watch.
@@ -288,6 +302,18 @@ func Handler(p Provider) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("GET /drain", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, Drains{Drained: nonNil(p.Drained())})
+	})
+	for method, on := range map[string]bool{"PUT": true, "DELETE": false} {
+		mux.HandleFunc(method+" /drain/{id...}", func(w http.ResponseWriter, r *http.Request) {
+			if err := p.Drain(r.PathValue("id"), on); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, Drains{Drained: nonNil(p.Drained())})
+		})
+	}
 	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Events()))
 	})

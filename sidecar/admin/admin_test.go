@@ -1,22 +1,39 @@
 package admin
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
 
 type fake struct {
-	ready  bool
-	reason string
-	id     *Identity
+	ready   bool
+	reason  string
+	id      *Identity
+	drained []string
 }
 
 func (f *fake) Routes() *Routes       { return nil }
 func (f *fake) Sticky() *Sticky       { return nil }
+func (f *fake) Drain(id string, on bool) error {
+	if id == "bad" {
+		return errors.New("drain: bad endpoint ID")
+	}
+	if on {
+		f.drained = append(f.drained, id)
+	} else {
+		f.drained = slices.DeleteFunc(f.drained, func(d string) bool { return d == id })
+	}
+	return nil
+}
+func (f *fake) Drained() []string { return f.drained }
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
 func (f *fake) Config() any {
 	return map[string]any{"outbound": map[string]string{"listen": "127.0.0.1:15001"}}
@@ -118,5 +135,41 @@ func TestHandler(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest("POST", "/ready", nil))
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("POST /ready = %d, want 405", rec.Code)
+	}
+}
+
+// TestDrain: PUT and DELETE /drain/{id} drain an endpoint and end its
+// drain; GET lists; a bad ID is a 400; a form (POST) or a GET cannot
+// change anything.
+func TestDrain(t *testing.T) {
+	f := &fake{ready: true}
+	h := Handler(f)
+	do := func(method, path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+		var compact bytes.Buffer
+		if json.Compact(&compact, rec.Body.Bytes()) != nil {
+			return rec.Code, strings.TrimSpace(rec.Body.String())
+		}
+		return rec.Code, compact.String()
+	}
+	for _, step := range []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{"GET", "/drain", 200, `{"drained":[]}`},
+		{"PUT", "/drain/cart-7", 200, `{"drained":["cart-7"]}`},
+		{"PUT", "/drain/10.0.0.7:8080", 200, `{"drained":["cart-7","10.0.0.7:8080"]}`},
+		{"DELETE", "/drain/cart-7", 200, `{"drained":["10.0.0.7:8080"]}`},
+		{"PUT", "/drain/bad", 400, `{"error":"drain: bad endpoint ID"}`},
+		{"POST", "/drain/cart-9", 405, ""},
+		{"GET", "/drain/cart-9", 405, ""},
+		{"GET", "/drain", 200, `{"drained":["10.0.0.7:8080"]}`},
+	} {
+		code, body := do(step.method, step.path)
+		if code != step.code || step.body != "" && body != step.body {
+			t.Errorf("%s %s = %d %s, want %d %s", step.method, step.path, code, body, step.code, step.body)
+		}
 	}
 }

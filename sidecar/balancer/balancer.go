@@ -197,6 +197,7 @@ type endpointState struct {
 	outlier  *breaker.Outlier // the upstream's; nil when ejection is off
 	host     breaker.Host
 	degraded atomic.Bool // failed active health checks
+	drained  *Drained    // the balancer's Options.Drained; nil: none
 
 	// done is Pick.Done for this endpoint, built once so that Pick does not
 	// allocate a closure per request.
@@ -316,6 +317,9 @@ type Options struct {
 	// OnEvent receives availability changes. It is called synchronously
 	// from request paths and must not block. Nil discards them.
 	OnEvent func(Event)
+	// Drained, when set, names endpoints that take no new work (see
+	// Drained); nil drains nothing.
+	Drained *Drained
 }
 
 // Balancer holds the endpoints of one upstream service and the picker of
@@ -365,7 +369,7 @@ func (box *pickerBox) rendezvous(r Request, t time.Time) *Endpoint {
 				best, bestScore = ep, score
 			}
 		}
-		if best == nil || best.admit(t) {
+		if best == nil || best.admitNew(t) {
 			return best
 		}
 		below, bounded = bestScore, true
@@ -426,7 +430,7 @@ func (b *Balancer) Service() string { return b.service }
 func (b *Balancer) Policy() Policy { return b.policy }
 
 func (b *Balancer) newState(id string) *endpointState {
-	s := &endpointState{id: id, added: now(), outlier: b.outlier}
+	s := &endpointState{id: id, added: now(), outlier: b.outlier, drained: b.opts.Drained}
 	if b.opts.Breaker != nil {
 		s.breaker = breaker.New(b.service+"/"+id, *b.opts.Breaker, func(from, to breaker.State) {
 			kind := BreakerClosed
@@ -548,15 +552,22 @@ func (b *Balancer) Endpoints() []*Endpoint {
 }
 
 // choose returns the first endpoint of eps, starting at index start and
-// wrapping around, that r has not tried and that is admitted now. When none
-// is (every endpoint is down, or tried), it falls back to panic mode: the
-// first endpoint from start that r has not tried, else eps[start]. Policies
-// call it with the index their algorithm prefers.
+// wrapping around, that r has not tried, is not drained and is admitted
+// now; else a drained one that is admitted. When none is (every endpoint
+// is down, or tried), it falls back to panic mode: the first endpoint
+// from start that r has not tried, else eps[start]. Policies call it with
+// the index their algorithm prefers.
 func choose(eps []*Endpoint, start int, r *Request, t time.Time) *Endpoint {
 	n := len(eps)
 	for i := range n {
 		ep := eps[(start+i)%n]
-		if !r.Tried(ep) && ep.admit(t) {
+		if !r.Tried(ep) && ep.admitNew(t) {
+			return ep
+		}
+	}
+	for i := range n {
+		ep := eps[(start+i)%n]
+		if !r.Tried(ep) && ep.Draining() && ep.admit(t) {
 			return ep
 		}
 	}

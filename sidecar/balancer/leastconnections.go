@@ -52,10 +52,10 @@ func (p *leastConnectionsPicker) Pick(r Request) (Pick, error) {
 // choose, it admits (and so may consume a breaker probe of) only the
 // endpoint it returns.
 func choose2(eps []*Endpoint, first, second int, r *Request, t time.Time) *Endpoint {
-	if ep := eps[first]; !r.Tried(ep) && ep.admit(t) {
+	if ep := eps[first]; !r.Tried(ep) && ep.admitNew(t) {
 		return ep
 	}
-	if ep := eps[second]; !r.Tried(ep) && ep.admit(t) {
+	if ep := eps[second]; !r.Tried(ep) && ep.admitNew(t) {
 		return ep
 	}
 	return choose(eps, first, r, t)

@@ -408,3 +408,83 @@ func TestNoRawTokenLeaves(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainKeepsSessions: an endpoint drained through one edge's admin
+// API gets no new session through any edge, and keeps the sessions it
+// has until they end; ending the drain through another edge gives it new
+// ones again.
+func TestDrainKeepsSessions(t *testing.T) {
+	apps := startBackends(t, 3)
+	p := newPool(t, "{ mode: header, header: X-User }", apps)
+	a, b, c := p.add(nil), p.add(nil), p.add(nil)
+	where := spread(t, 30, func(u int) *edgeNode { return p.edges[u%3] })
+	target := apps[0]
+	var pinned []int
+	for u, w := range where {
+		if w == target.name {
+			pinned = append(pinned, u)
+		}
+	}
+	if len(pinned) == 0 {
+		t.Fatalf("no session on %s: %v", target.name, where)
+	}
+	p.known(30)
+
+	admin := func(e *edgeNode, method, path string) string {
+		req, _ := http.NewRequest(method, "http://"+e.admin+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, body)
+		}
+		return string(body)
+	}
+	admin(a, "PUT", "/drain/"+target.addr)
+	meshtest.WaitFor(t, 5*time.Second, "every edge to drain "+target.addr, func() bool {
+		for _, e := range []*edgeNode{a, b, c} {
+			if !strings.Contains(admin(e, "GET", "/drain"), target.addr) {
+				return false
+			}
+		}
+		return true
+	})
+	cl := newClient(t)
+	for _, u := range pinned {
+		for _, e := range []*edgeNode{b, c} {
+			if got := cl.mustGet(e, header(u)); got != target.name {
+				t.Fatalf("user-%d's session moved off the drained %s to %s through %s", u, target.name, got, e.name)
+			}
+		}
+	}
+	for u := 1000; u < 1060; u++ {
+		if got := cl.mustGet([]*edgeNode{a, b, c}[u%3], header(u)); got == target.name {
+			t.Fatalf("new session user-%d went to the drained %s", u, target.name)
+		}
+	}
+	if !strings.Contains(fetch(t, b.admin, "/endpoints"), `"draining": true`) {
+		t.Error("/endpoints does not show the endpoint draining")
+	}
+
+	admin(c, "DELETE", "/drain/"+target.addr)
+	meshtest.WaitFor(t, 5*time.Second, "every edge to end the drain", func() bool {
+		for _, e := range []*edgeNode{a, b, c} {
+			if strings.Contains(admin(e, "GET", "/drain"), target.addr) {
+				return false
+			}
+		}
+		return true
+	})
+	got := 0
+	for u := 2000; u < 2060; u++ {
+		if cl.mustGet([]*edgeNode{a, b, c}[u%3], header(u)) == target.name {
+			got++
+		}
+	}
+	if got == 0 {
+		t.Errorf("after the drain ended, none of 60 new sessions went to %s", target.name)
+	}
+}
