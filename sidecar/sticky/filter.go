@@ -42,7 +42,8 @@ func (r *Route) Filter() pipeline.Filter {
 			return next.ServeHTTP(w, req)
 		}
 		cfg := r.cfg.Load()
-		x := exchange{route: r, cfg: cfg, info: info, ctx: req.Context()}
+		rw := &responseWriter{ResponseWriter: w, x: exchange{route: r, cfg: cfg, info: info, ctx: req.Context()}}
+		x := &rw.x
 		if token := r.token(req, cfg); token != nil {
 			x.token = token
 			x.key, x.rebindKey, x.session, x.found = r.lookup(req.Context(), token, cfg)
@@ -55,7 +56,7 @@ func (r *Route) Filter() pipeline.Filter {
 				info.RebindKey = x.rebindKey
 			}
 		}
-		err := next.ServeHTTP(&responseWriter{ResponseWriter: w, x: &x}, req)
+		err := next.ServeHTTP(rw, req)
 		if err != nil && x.found && info.AffinityStrict {
 			var pe *pipeline.Error
 			if errors.As(err, &pe) && pe.Kind == pipeline.KindNoEndpoints {
@@ -133,11 +134,9 @@ func (r *Route) cookieValue(kr *keyring, id []byte) string {
 
 // sign returns the signature of id under kr's i-th cookie key.
 func (r *Route) sign(kr *keyring, i int, id []byte) []byte {
-	m := hmac.New(sha256.New, kr.keys.cookie[i])
-	m.Write([]byte(r.name))
-	m.Write([]byte{0})
-	m.Write(id)
-	return m.Sum(nil)[:sigBytes]
+	var sum [sha256.Size]byte
+	r.mac(&kr.signers[i], id, &sum)
+	return sum[:sigBytes]
 }
 
 // verify returns the session ID a cookie value names, if its signature
@@ -148,15 +147,23 @@ func (r *Route) verify(v string) ([]byte, bool) {
 		return nil, false
 	}
 	enc := base64.RawURLEncoding
-	id, err1 := enc.DecodeString(idText)
-	sig, err2 := enc.DecodeString(sigText)
-	if err1 != nil || err2 != nil || len(id) != idBytes || len(sig) != sigBytes {
+	if enc.DecodedLen(len(idText)) != idBytes || enc.DecodedLen(len(sigText)) != sigBytes {
+		return nil, false
+	}
+	var id [idBytes]byte
+	var sig [sigBytes]byte
+	if _, err := enc.Decode(id[:], []byte(idText)); err != nil {
+		return nil, false
+	}
+	if _, err := enc.Decode(sig[:], []byte(sigText)); err != nil {
 		return nil, false
 	}
 	kr := r.table.ring.Load()
-	for i := range kr.keys.cookie {
-		if hmac.Equal(sig, r.sign(kr, i, id)) {
-			return id, true
+	for i := range kr.signers {
+		var sum [sha256.Size]byte
+		r.mac(&kr.signers[i], id[:], &sum)
+		if hmac.Equal(sig[:], sum[:sigBytes]) {
+			return id[:], true
 		}
 	}
 	return nil, false
@@ -279,7 +286,7 @@ func sameSite(s string) http.SameSite {
 // out.
 type responseWriter struct {
 	http.ResponseWriter
-	x *exchange
+	x exchange
 }
 
 func (w *responseWriter) WriteHeader(code int) {

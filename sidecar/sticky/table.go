@@ -52,19 +52,35 @@ type Table struct {
 	routes map[string]*Route
 }
 
-// keyring is a set of Keys in use, with an HMAC pool per table key
-// (current first).
+// keyring is a set of Keys in use, with a pool of HMACs per table key
+// and per cookie key (current first): an HMAC costs several allocations
+// to create, none to reset.
 type keyring struct {
 	keys    *Keys
 	hashers []sync.Pool
+	signers []sync.Pool
 }
 
 func newKeyring(keys *Keys) *keyring {
-	kr := &keyring{keys: keys, hashers: make([]sync.Pool, len(keys.table))}
+	kr := &keyring{keys: keys, hashers: make([]sync.Pool, len(keys.table)), signers: make([]sync.Pool, len(keys.cookie))}
 	for i, k := range keys.table {
 		kr.hashers[i].New = func() any { return hmac.New(sha256.New, k) }
 	}
+	for i, k := range keys.cookie {
+		kr.signers[i].New = func() any { return hmac.New(sha256.New, k) }
+	}
 	return kr
+}
+
+// mac writes HMAC(route name, NUL, msg) with the pooled HMAC of p into
+// sum.
+func (r *Route) mac(p *sync.Pool, msg []byte, sum *[sha256.Size]byte) {
+	h := p.Get().(hash.Hash)
+	h.Reset()
+	h.Write(r.label) // the route's name and a NUL
+	h.Write(msg)
+	h.Sum(sum[:0])
+	p.Put(h)
 }
 
 // Peers is the pool's direct messaging: how an edge hands a session it
@@ -133,7 +149,7 @@ func (t *Table) Route(rc *config.Route) *Route {
 	defer t.mu.Unlock()
 	r := t.routes[rc.Name]
 	if r == nil {
-		r = &Route{name: rc.Name, prefix: Prefix + rc.Name + "/", table: t}
+		r = &Route{name: rc.Name, label: append([]byte(rc.Name), 0), prefix: Prefix + rc.Name + "/", table: t}
 		t.routes[rc.Name] = r
 	}
 	r.cfg.Store(&routeConfig{Sticky: *rc.Sticky, cookieName: rc.CookieName(), cookiePath: rc.CookiePath()})
@@ -161,6 +177,7 @@ func (t *Table) Routes() []*Route {
 // concurrent use.
 type Route struct {
 	name, prefix string
+	label        []byte // the name and a NUL, for HMACs
 	table        *Table
 	cfg          atomic.Pointer[routeConfig]
 	stats        counters
@@ -213,14 +230,8 @@ func (r *Route) Name() string { return r.name }
 // current one), and a 64-bit hash of it for rendezvous rebinding. The
 // token itself never leaves this function.
 func (r *Route) key(kr *keyring, i int, token []byte) (string, uint64) {
-	h := kr.hashers[i].Get().(hash.Hash)
-	h.Reset()
-	h.Write([]byte(r.name))
-	h.Write([]byte{0})
-	h.Write(token)
 	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
-	kr.hashers[i].Put(h)
+	r.mac(&kr.hashers[i], token, &sum)
 	var b strings.Builder
 	b.Grow(len(r.prefix) + 22)
 	b.WriteString(r.prefix)
@@ -413,8 +424,16 @@ func encodeSession(s Session) []byte {
 var errBadSession = errors.New("sticky: malformed session entry")
 
 func decodeSession(b []byte) (Session, error) {
-	parts := strings.Split(string(b), "\x00")
-	if len(parts) != 5 || parts[0] != "1" || parts[1] == "" || parts[2] == "" {
+	rest := string(b) // one copy; the fields share it
+	var parts [5]string
+	for i := range parts {
+		var ok bool
+		parts[i], rest, ok = strings.Cut(rest, "\x00")
+		if ok != (i < len(parts)-1) {
+			return Session{}, errBadSession
+		}
+	}
+	if parts[0] != "1" || parts[1] == "" || parts[2] == "" {
 		return Session{}, errBadSession
 	}
 	created, err1 := strconv.ParseInt(parts[3], 10, 64)
