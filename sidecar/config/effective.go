@@ -9,7 +9,8 @@ import (
 // Effective returns the config as sidemesh runs it, as plain maps and
 // lists with the YAML key names: every default filled in, the defaults
 // that depend on other settings resolved (policy.default, hash_on,
-// per_try_timeout, each upstream's sources), the sections of features that
+// per_try_timeout, each upstream's sources, a sticky cookie's name and
+// path), the sections of features that
 // are off reduced to what says so (a circuit breaker that is off shows
 // "enabled: false" only), and the OTLP exporters' headers, the only
 // secrets written inline, shown as "[redacted]". `sidemesh validate
@@ -102,6 +103,24 @@ func (c *Config) Effective() map[string]any {
 			headers, _ := sec["headers"].(map[string]any)
 			for k := range headers {
 				headers[k] = "[redacted]"
+			}
+		}
+	}
+	if edge, _ := m["edge"].(map[string]any); edge != nil && c.Edge != nil {
+		routes, _ := edge["routes"].([]any)
+		for i, raw := range routes {
+			r, _ := raw.(map[string]any)
+			st, _ := r["sticky"].(map[string]any)
+			if st == nil || i >= len(c.Edge.Routes) {
+				continue
+			}
+			rc := &c.Edge.Routes[i]
+			if rc.Sticky.Mode != StickyCookieMode {
+				delete(st, "cookie")
+				continue
+			}
+			if ck, _ := st["cookie"].(map[string]any); ck != nil {
+				ck["name"], ck["path"] = rc.CookieName(), rc.CookiePath()
 			}
 		}
 	}

@@ -420,3 +420,29 @@ telemetry: { tracing: { otlp_endpoint: 127.0.0.1:4317, headers: { x-api-key: s3c
 		t.Errorf("effective config shows a secret or a section that is off:\n%s", out)
 	}
 }
+
+// TestEffectiveSticky: a sticky cookie's name and path, which default to
+// the route's, are shown resolved; modes without a cookie show none.
+func TestEffectiveSticky(t *testing.T) {
+	c := mustParse(t, `
+edge:
+  listeners: [{ listen: 127.0.0.1:8080 }]
+  sticky: { key_file: sticky.key }
+  routes:
+    - { name: shop, matches: [{ path: { prefix: /shop } }], backends: [{ service: shop }], sticky: { mode: cookie } }
+    - { name: api, matches: [{ path: { prefix: /api } }], backends: [{ service: api }], sticky: { mode: header, header: X-User } }
+discovery: { gossip: { bind: 127.0.0.1:7946, key_file: gossip.key } }
+`)
+	out, err := c.EffectiveYAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"name: sm_shop\n", "path: /shop\n", "header: X-User\n", "clock_skew: 5s\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("effective config lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "same_site") != 1 {
+		t.Errorf("a cookie block shows for a route without cookies:\n%s", out)
+	}
+}
