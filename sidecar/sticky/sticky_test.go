@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,9 +91,11 @@ func TestCookieSessionAcrossEdges(t *testing.T) {
 	}
 }
 
-// TestTamperedCookies: a cookie with a flipped byte, a made-up one, and
-// one whose session ended are no cookie: the request is balanced as new
-// and gets a new session, never the session the cookie tried to name.
+// TestTamperedCookies: a cookie with a flipped byte, the victim's
+// session ID with no or a forged signature, and garbage are no cookie:
+// the request is balanced as new and gets a new session, never the
+// session the cookie tried to name. (Another route's cookie:
+// TestCookieBelongsToItsRoute; an expired one: TestExpiredCookieReplayed.)
 func TestTamperedCookies(t *testing.T) {
 	apps := startBackends(t, 4)
 	p := newPool(t, "{ mode: cookie }", apps)
@@ -486,5 +489,34 @@ func TestDrainKeepsSessions(t *testing.T) {
 	}
 	if got == 0 {
 		t.Errorf("after the drain ended, none of 60 new sessions went to %s", target.name)
+	}
+}
+
+// TestExpiredCookieReplayed: a genuine cookie replayed after its session
+// ended (idle past its timeout on every edge's clock) names nothing: the
+// request is balanced as new, counted a miss, and given a new cookie.
+func TestExpiredCookieReplayed(t *testing.T) {
+	apps := startBackends(t, 4)
+	p := newPool(t, "{ mode: cookie, idle_timeout: 1m }", apps)
+	var offset atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	a, b := p.add(clock), p.add(clock)
+	victim := newClient(t)
+	victim.mustGet(a, nil)
+	old := victim.cookie["sm_shop"]
+	p.known(1)
+	offset.Store(int64(2 * time.Minute)) // one minute idle, plus the 5 s skew allowance, is over
+	for _, e := range []*edgeNode{a, b} {
+		replay := newClient(t)
+		replay.cookie["sm_shop"] = old
+		before := e.sc.Sticky()[0]
+		replay.mustGet(e, nil)
+		after := e.sc.Sticky()[0]
+		if got := replay.cookie["sm_shop"]; got == old || got == "" {
+			t.Errorf("%s: the expired cookie was kept (%q)", e.name, got)
+		}
+		if after.Misses != before.Misses+1 || after.Created != before.Created+1 || after.Hits != before.Hits {
+			t.Errorf("%s: %+v then %+v; want one miss and one new session", e.name, before, after)
+		}
 	}
 }
