@@ -318,7 +318,7 @@ func (p *Pool) joinLoop(seeds []string) {
 			return
 		default:
 		}
-		n, err := p.ml.Join(seeds)
+		n, err := p.ml.Join(p.otherSeeds(seeds))
 		if err == nil && p.ml.NumMembers() > 1 {
 			p.log.Info("gossip: joined", "seeds_reached", n, "members", p.ml.NumMembers(), "attempts", attempt)
 			p.resync(seeds)
@@ -359,9 +359,47 @@ func (p *Pool) resync(seeds []string) {
 		return
 	case <-t.C:
 	}
-	if _, err := p.ml.Join(seeds); err != nil {
+	if _, err := p.ml.Join(p.otherSeeds(seeds)); err != nil {
 		p.log.Debug("gossip: resync with seeds failed", "err", err)
 	}
+}
+
+// otherSeeds returns seeds without this member's own address: a config
+// that lists every member's address (the same file everywhere) would
+// otherwise make a member push/pull with itself, which merges a stale
+// copy of its own state back (bringing back entries a Limit forgot). A
+// seed is this member when its port is this member's and its address
+// (resolved, for a host name) is this member's advertised one or
+// loopback.
+func (p *Pool) otherSeeds(seeds []string) []string {
+	self := p.ml.LocalNode()
+	out := make([]string, 0, len(seeds))
+	for _, seed := range seeds {
+		host, port, err := splitHostPort(seed)
+		if err != nil || port != int(self.Port) {
+			out = append(out, seed)
+			continue
+		}
+		ips := []string{host}
+		if net.ParseIP(host) == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			ips, err = net.DefaultResolver.LookupHost(ctx, host)
+			cancel()
+			if err != nil {
+				out = append(out, seed) // memberlist reports it
+				continue
+			}
+		}
+		me := true
+		for _, s := range ips {
+			ip := net.ParseIP(s)
+			me = me && ip != nil && (ip.Equal(self.Addr) || ip.IsLoopback())
+		}
+		if !me {
+			out = append(out, seed)
+		}
+	}
+	return out
 }
 
 // reconnectLoop heals partitions: every reconnectInterval (jittered) it
@@ -392,7 +430,7 @@ func (p *Pool) reconnectLoop(seeds []string) {
 		case len(dead) > 0:
 			target = []string{dead[mrand.N(len(dead))].Addr}
 		case p.ml.NumMembers() <= 1 && len(seeds) > 0:
-			target = seeds
+			target = p.otherSeeds(seeds)
 		default:
 			continue
 		}

@@ -696,3 +696,19 @@ func TestLeaveDeadline(t *testing.T) {
 	}
 	waitLeaving(t, 5*time.Second, a, b)
 }
+
+// TestOtherSeeds: a seed list that names this member (the same list on
+// every member) is joined without it, by address or host name.
+func TestOtherSeeds(t *testing.T) {
+	port := meshtest.FreeUDPAndTCPPort(t)
+	c := testConfig("a")
+	c.Bind = fmt.Sprintf("127.0.0.1:%d", port)
+	a := startPool(t, c)
+	self := fmt.Sprintf("127.0.0.1:%d", port)
+	other := fmt.Sprintf("127.0.0.1:%d", port+1)
+	remote := fmt.Sprintf("10.1.2.3:%d", port)
+	got := a.otherSeeds([]string{self, fmt.Sprintf("localhost:%d", port), other, remote})
+	if want := []string{other, remote}; !slices.Equal(got, want) {
+		t.Fatalf("otherSeeds = %v, want %v", got, want)
+	}
+}
