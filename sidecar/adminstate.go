@@ -44,8 +44,18 @@ func (a adminState) Ready() (bool, string) {
 	if s.security != nil && s.security.Current() == nil {
 		return false, "no certificate loaded yet"
 	}
+	if s.sticky.Load() != nil && !s.backends.pool.Synced() && s.clock().Sub(s.startedAt) < stickySyncWait {
+		return false, fmt.Sprintf("sticky sessions: the session table has not synced with another edge yet (ready anyway %v after start)", stickySyncWait)
+	}
 	return true, ""
 }
+
+// stickySyncWait is how long a new edge with sticky routes stays not
+// ready while it has not reached another edge through its seeds: until
+// it has the pool's session table, it would send existing sessions'
+// requests elsewhere. Past it, an edge whose seeds are all down serves
+// anyway (it may be the only edge left).
+var stickySyncWait = 30 * time.Second
 
 // Config implements admin.Provider: the config as it runs, every default
 // filled in, as `sidemesh validate --print` shows it (config.Effective).

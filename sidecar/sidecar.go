@@ -43,7 +43,9 @@ type Sidecar struct {
 	cfg     atomic.Pointer[config.Config]
 	routes  atomic.Pointer[routeTable]
 	started atomic.Bool
-	stopped atomic.Bool
+	// startedAt is when Start finished; written before started is set.
+	startedAt time.Time
+	stopped   atomic.Bool
 	// handover is set when another process has taken over the sockets:
 	// Shutdown then leaves the service's registration to it.
 	handover atomic.Bool
@@ -161,6 +163,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		ln.Close() // handed over, but the config does not listen there
 		delete(s.adopted, addr)
 	}
+	s.startedAt = s.clock()
 	s.started.Store(true) // the caller says it runs: each listener said where
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -125,6 +126,9 @@ type Pool struct {
 
 	life sync.Mutex // serializes Leave and Shutdown (memberlist panics on Leave after Shutdown)
 
+	seeded bool        // the config lists seeds
+	joined atomic.Bool // a join through the seeds reached another member
+
 	mu     sync.Mutex // guards closed, left and wg.Add
 	closed bool
 	left   bool
@@ -176,6 +180,7 @@ func Start(c Config) (*Pool, error) {
 	}
 	dm.ml.Store(ml)
 	p := &Pool{name: mlc.Name, log: logger, ml: ml, store: store, direct: dm, done: make(chan struct{})}
+	p.seeded = len(c.Join) > 0
 	p.wg.Add(2)
 	go p.sweepLoop()
 	go p.reconnectLoop(c.Join)
@@ -320,6 +325,7 @@ func (p *Pool) joinLoop(seeds []string) {
 		}
 		n, err := p.ml.Join(p.otherSeeds(seeds))
 		if err == nil && p.ml.NumMembers() > 1 {
+			p.joined.Store(true)
 			p.log.Info("gossip: joined", "seeds_reached", n, "members", p.ml.NumMembers(), "attempts", attempt)
 			p.resync(seeds)
 			return
@@ -521,6 +527,14 @@ func (p *Pool) Store() *Store { return p.store }
 // Members returns every member this one knows of, itself included, sorted
 // by name. Members that died or left are listed for DefaultRetention.
 func (p *Pool) Members() []Member { return p.store.membersSnapshot() }
+
+// Synced reports whether this member has exchanged its state with
+// another (a join's push/pull merges both ways): it joined through a
+// seed, or another member joined it, or it has no seeds to wait for. A
+// new member that is not synced holds none of the pool's state yet.
+func (p *Pool) Synced() bool {
+	return !p.seeded || p.joined.Load() || p.ml.NumMembers() > 1
+}
 
 // NumMembers returns the number of live members, this one included.
 func (p *Pool) NumMembers() int { return p.ml.NumMembers() }

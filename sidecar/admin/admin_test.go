@@ -20,8 +20,8 @@ type fake struct {
 	drained []string
 }
 
-func (f *fake) Routes() *Routes       { return nil }
-func (f *fake) Sticky() *Sticky       { return nil }
+func (f *fake) Routes() *Routes { return nil }
+func (f *fake) Sticky() *Sticky { return nil }
 func (f *fake) Drain(id string, on bool) error {
 	if id == "bad" {
 		return errors.New("drain: bad endpoint ID")
@@ -33,7 +33,7 @@ func (f *fake) Drain(id string, on bool) error {
 	}
 	return nil
 }
-func (f *fake) Drained() []string { return f.drained }
+func (f *fake) Drained() []string     { return f.drained }
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
 func (f *fake) Config() any {
 	return map[string]any{"outbound": map[string]string{"listen": "127.0.0.1:15001"}}

@@ -56,7 +56,7 @@ func (b *backend) stop() { b.srv.Close() }
 
 // edgeNode is one in-process edge of a test pool.
 type edgeNode struct {
-	name, addr, admin string
+	name, addr, admin, gossip string
 	sc                *sidecar.Sidecar
 	stopped           bool
 }
@@ -138,7 +138,7 @@ drain_timeout: 1s
 	if err := sc.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	e := &edgeNode{name: name, addr: ln.Addr().String(), admin: adminLn.Addr().String(), sc: sc}
+	e := &edgeNode{name: name, addr: ln.Addr().String(), admin: adminLn.Addr().String(), gossip: bind, sc: sc}
 	t.Cleanup(func() { e.stop() })
 	p.edges = append(p.edges, e)
 	// In the pool, and every edge knows every other shares the table

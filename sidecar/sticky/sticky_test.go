@@ -520,3 +520,33 @@ func TestExpiredCookieReplayed(t *testing.T) {
 		}
 	}
 }
+
+// TestNotReadyUntilSynced: an edge whose seeds do not answer holds none
+// of the pool's sessions, so it says it is not ready (HAProxy's peers
+// consider a new node up to date after 5 s even when it learned
+// nothing); once another edge joins it, it is.
+func TestNotReadyUntilSynced(t *testing.T) {
+	apps := startBackends(t, 2)
+	p := newPool(t, "{ mode: header, header: X-User }", apps)
+	p.seed = meshtest.FreeAddr(t) // nobody there
+	a := p.add(nil)
+	ready := func(e *edgeNode) (int, string) {
+		resp, err := http.Get("http://" + e.admin + "/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := ready(a); code != 503 || !strings.Contains(body, "not synced with another edge") {
+		t.Fatalf("an edge that reached no seed: /ready %d %s", code, body)
+	}
+	p.seed = a.gossip
+	b := p.add(nil)
+	for _, e := range []*edgeNode{a, b} {
+		if code, body := ready(e); code != 200 {
+			t.Errorf("%s after the two met: /ready %d %s", e.name, code, body)
+		}
+	}
+}
