@@ -165,6 +165,9 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 		if table := s.sticky.Load(); table != nil {
 			o.Sticky = func(rc *config.Route) pipeline.Filter { return table.Route(rc).Filter() }
 		}
+		if len(s.jwt) > 0 {
+			o.Auth = authFilter(s.jwt)
+		}
 		if ec := certs[l.Listen]; ec != nil {
 			o.Certificates = ec.certs
 		}

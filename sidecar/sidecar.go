@@ -63,7 +63,10 @@ type Sidecar struct {
 	// variants are upstreams with the balancer an edge route chose, by
 	// variantKey.
 	variants  map[string]*upstream
-	edgeCerts map[string]*edgeCerts // by listen address
+	edgeCerts map[string]*edgeCerts   // by listen address
+	jwt       map[string]*jwtProvider // edge.jwt_providers, by name
+	// jwtView is jwt as readers without the mutex see it.
+	jwtView atomic.Pointer[map[string]*jwtProvider]
 	// sticky is the session table; nil until a route is sticky. Read
 	// without the mutex by the admin API and metrics.
 	sticky atomic.Pointer[sticky.Table]
@@ -250,6 +253,10 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	jwt, err := s.loadJWTProviders(cfg)
+	if err != nil {
+		return err
+	}
 	specs := listenerSpecs(cfg)
 
 	// Bind new addresses: the last step that can fail.
@@ -290,6 +297,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	waitFirst(next, s.log)
 	s.startEdgeCerts(certs)
 	s.useStickyKeys(cfg, stickyKeys)
+	s.startJWTProviders(jwt)
 	t := s.newRouteTable(cfg, next, local)
 	t.edge = s.edgeRouters(cfg, next, variants, certs)
 	s.routes.Store(t)

@@ -32,6 +32,7 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 			GossipMembers: s.observeMembers,
 			LeafExpiry:    s.observeLeaf,
 			Sticky:        s.observeSticky,
+			JWT:           s.observeJWT,
 		},
 	}
 	if s.backends != nil && s.backends.pool != nil {
@@ -193,6 +194,18 @@ func (s *Sidecar) observeLeaf() (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return b.NotAfter, true
+}
+
+// observeJWT reports the edge's JWT providers for metrics.
+func (s *Sidecar) observeJWT() []telemetry.JWTState {
+	var out []telemetry.JWTState
+	for name, st := range s.JWTProviders() {
+		out = append(out, telemetry.JWTState{
+			Provider: name, Loaded: st.Loaded, Age: st.Age,
+			Fetches: int64(st.Fetches), FetchErrors: int64(st.FetchErrors), UnknownKeys: int64(st.UnknownKeys),
+		})
+	}
+	return out
 }
 
 // observeSticky reports the edge's sticky routes for metrics.

@@ -52,6 +52,9 @@ func (t *Telemetry) logAccess(ctx context.Context, r *http.Request, rec *ServerR
 	if rec.Route != "" {
 		attrs = append(attrs, slog.String("route", rec.Route))
 	}
+	if rec.Principal != "" {
+		attrs = append(attrs, slog.String("principal", rec.Principal))
+	}
 	if rec.Sticky != "" {
 		attrs = append(attrs, slog.String("sticky", rec.Sticky))
 	}

@@ -51,6 +51,12 @@ const (
 	keyResendCount = attribute.Key("http.request.resend_count")
 	keyRoute       = attribute.Key("http.route")
 	keySticky      = attribute.Key("sidemesh.sticky")
+	// keyJWTProvider names an edge's JWT provider; keyResult what an
+	// operation gave.
+	keyJWTProvider = attribute.Key("sidemesh.jwt.provider")
+	keyResult      = attribute.Key("sidemesh.result")
+	// keyPrincipal is who an edge authenticated the caller as.
+	keyPrincipal = attribute.Key("sidemesh.principal")
 	// KeyRouteName is an edge route's name as a metric label (the
 	// request metrics carry it as sidemesh.service).
 	KeyRouteName     = attribute.Key("sidemesh.route")

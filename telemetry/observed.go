@@ -85,6 +85,21 @@ type Observed struct {
 	LeafExpiry func() (notAfter time.Time, ok bool)
 	// Sticky returns the sticky routes of an edge; nil or empty without.
 	Sticky func() []StickyState
+	// JWT returns an edge's JWT providers; nil or empty without.
+	JWT func() []JWTState
+}
+
+// JWTState is an edge's JWT provider at the moment metrics are
+// collected.
+type JWTState struct {
+	Provider string
+	// Loaded reports that a key set is in use; Age is how long ago it
+	// was last fetched or read (it grows while the issuer is down).
+	Loaded bool
+	Age    time.Duration
+	// Fetches and FetchErrors count key set fetches; UnknownKeys tokens
+	// whose key ID was not in the set.
+	Fetches, FetchErrors, UnknownKeys int64
 }
 
 // breakerStates are the values of sidemesh.breaker.state, reported as a
@@ -124,7 +139,13 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		metric.WithDescription("Requests of a sticky route, by what happened to their session: hit, new, rebind, miss, refused."))
 	owners, err14 := meter.Int64ObservableCounter("sidemesh.sticky.owner.lookups", metric.WithUnit("{lookup}"),
 		metric.WithDescription("Exchanges with a session's owner edge, by result: found, missing (a lookup the owner could not answer), error (failed or timed out)."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14} {
+	jwksAge, err15 := meter.Float64ObservableGauge("sidemesh.jwt.keys.age", metric.WithUnit("s"),
+		metric.WithDescription("Seconds since a JWT provider's key set was last fetched or read; it grows while the issuer does not answer, and the last good set stays in use. Absent until a first set is loaded (tokens are refused until then)."))
+	jwksFetches, err16 := meter.Int64ObservableCounter("sidemesh.jwt.keys.fetches", metric.WithUnit("{fetch}"),
+		metric.WithDescription("Fetches of a JWT provider's key set, by result: ok or error."))
+	unknownKeys, err17 := meter.Int64ObservableCounter("sidemesh.jwt.unknown_keys", metric.WithUnit("{token}"),
+		metric.WithDescription("Tokens whose key ID was not in their provider's key set."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -200,8 +221,20 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 				}
 			}
 		}
+		if o.JWT != nil {
+			for _, st := range o.JWT() {
+				p := keyJWTProvider.String(st.Provider)
+				if st.Loaded {
+					ob.ObserveFloat64(jwksAge, st.Age.Seconds(), metric.WithAttributes(p))
+				}
+				ob.ObserveInt64(jwksFetches, st.Fetches-st.FetchErrors, metric.WithAttributes(p, keyResult.String("ok")))
+				ob.ObserveInt64(jwksFetches, st.FetchErrors, metric.WithAttributes(p, keyResult.String("error")))
+				ob.ObserveInt64(unknownKeys, st.UnknownKeys, metric.WithAttributes(p))
+			}
+		}
 		return nil
-	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes, owners)
+	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes, owners,
+		jwksAge, jwksFetches, unknownKeys)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

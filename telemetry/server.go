@@ -46,6 +46,9 @@ type ServerRecord struct {
 	// Sticky is what the route's sticky sessions did: hit, new, rebind,
 	// miss; empty on a route without them.
 	Sticky string
+	// Principal is who an edge route authenticated the caller as
+	// ("jwt:<provider>:<subject>"); empty when none.
+	Principal string
 }
 
 // BeginServer starts the server side of one request: it continues the
@@ -122,6 +125,9 @@ func endServerSpan(span trace.Span, rec *ServerRecord) {
 	}
 	if rec.Route != "" {
 		span.SetAttributes(keyRoute.String(rec.Route))
+	}
+	if rec.Principal != "" {
+		span.SetAttributes(keyPrincipal.String(rec.Principal))
 	}
 	if rec.Sticky != "" {
 		span.SetAttributes(keySticky.String(rec.Sticky))

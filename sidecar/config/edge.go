@@ -23,6 +23,9 @@ type Edge struct {
 	// Sticky holds the key of the routes' sticky sessions. Required when
 	// a route has a sticky section.
 	Sticky *EdgeSticky `yaml:"sticky"`
+	// JWTProviders are the issuers whose tokens routes may require
+	// (a route's auth.jwt names one).
+	JWTProviders []JWTProvider `yaml:"jwt_providers"`
 }
 
 // EdgeListener is one client-facing listener.
@@ -104,6 +107,8 @@ type Route struct {
 	// Sticky keeps each session's requests on one endpoint (and one
 	// backend service), on every edge. Nil: no sessions.
 	Sticky *Sticky `yaml:"sticky"`
+	// Auth requires a verified JWT of the callers; nil lets anyone in.
+	Auth *RouteAuth `yaml:"auth"`
 }
 
 // RouteMatch is one set of conditions a request must all meet.
@@ -282,6 +287,7 @@ func (v *validator) edge(c *Config) {
 	}
 	v.versions(e)
 	v.edgeSticky(c)
+	v.jwtProviders(e)
 }
 
 // route checks route i; names maps each route name to its index.

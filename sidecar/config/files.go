@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/sidemesh/sidemesh/discovery/gossip"
+	"github.com/sidemesh/sidemesh/policy/authn"
 )
 
 // fileField is a field of a Config that names a file.
@@ -35,6 +36,7 @@ func (c *Config) fileFields() []fileField {
 		fs = append(fs, fileField{"telemetry.access_log", &c.Telemetry.AccessLog})
 	}
 	fs = append(fs, c.Edge.stickyFiles()...)
+	fs = append(fs, c.Edge.jwksFiles()...)
 	return fs
 }
 
@@ -98,6 +100,16 @@ func (c *Config) checkFiles() ErrorList {
 			v.errorf(f.path, "%s", strings.TrimPrefix(err.Error(), "gossip: load key: "))
 		} else if len(key) != 32 {
 			v.errorf(f.path, "%s holds a %d-byte key; sticky sessions need 32 bytes (`sidemesh keygen`)", *f.ptr, len(key))
+		}
+	}
+	if c.Edge != nil {
+		for _, f := range c.Edge.jwksFiles() {
+			if *f.ptr == "" {
+				continue
+			}
+			if _, err := authn.NewProvider(authn.ProviderConfig{Name: "check", JWKSFile: *f.ptr}); err != nil {
+				v.errorf(f.path, "%s", strings.TrimPrefix(err.Error(), "authn: provider check: "))
+			}
 		}
 	}
 	if a := c.Telemetry.AccessLog; a != AccessLogOff && a != AccessLogStdout && a != AccessLogStderr && a != "" {

@@ -40,6 +40,10 @@ type RouterOptions struct {
 	// section; it runs last of the route's filters, next to its backends.
 	// Nil when no route has one.
 	Sticky func(*config.Route) pipeline.Filter
+	// Auth returns the authentication filter of a route with an auth
+	// section; it runs first of the route's filters. Nil when no route
+	// has one.
+	Auth func(*config.Route) pipeline.Filter
 }
 
 // Router routes one edge listener's requests: it normalizes the path,
@@ -104,7 +108,7 @@ func NewRouter(o RouterOptions) *Router {
 			}
 			rt.chains[key] = &pipeline.Route{
 				Name: route.Name, Service: route.Name,
-				Handler: pipeline.Chain(routeHandler(route.Config, p, o.Backends), append(o.Filters, routeFilters(route.Config, p, o.Sticky)...)...),
+				Handler: pipeline.Chain(routeHandler(route.Config, p, o.Backends), append(o.Filters, routeFilters(route.Config, p, o)...)...),
 			}
 		}
 	}
@@ -141,11 +145,14 @@ func (rt *Router) Route(r *http.Request) *pipeline.Route {
 	return rt.notFound
 }
 
-// routeFilters are route's own filters, in order: the body limit, request
-// headers, the rewrite (under matched prefix), response headers, the
-// sticky session.
-func routeFilters(rc *config.Route, prefix string, sticky func(*config.Route) pipeline.Filter) []pipeline.Filter {
+// routeFilters are route's own filters, in order: authentication, the
+// body limit, request headers, the rewrite (under matched prefix),
+// response headers, the sticky session.
+func routeFilters(rc *config.Route, prefix string, o RouterOptions) []pipeline.Filter {
 	var fs []pipeline.Filter
+	if rc.Auth != nil && o.Auth != nil {
+		fs = append(fs, o.Auth(rc))
+	}
 	if n := int64(rc.MaxBodyBytes); n > 0 {
 		fs = append(fs, pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
 			if r.ContentLength > n {
@@ -187,8 +194,8 @@ func routeFilters(rc *config.Route, prefix string, sticky func(*config.Route) pi
 			return next.ServeHTTP(&headerWriter{ResponseWriter: w, edit: h}, r)
 		}))
 	}
-	if rc.Sticky != nil && sticky != nil {
-		fs = append(fs, sticky(rc))
+	if rc.Sticky != nil && o.Sticky != nil {
+		fs = append(fs, o.Sticky(rc))
 	}
 	return fs
 }

@@ -16,16 +16,17 @@ type Kind string
 // Error kinds. The status each one is answered with is set where the error
 // is made; the comments give the usual one.
 const (
-	KindNoRoute        Kind = "no_route"        // 502: nothing is configured for the request
-	KindNoEndpoints    Kind = "no_endpoints"    // 503: the upstream has no endpoint right now
-	KindConnectFailure Kind = "connect_failure" // 503: connecting to the chosen endpoint failed
-	KindTimeout        Kind = "timeout"         // 504: no response headers in time
-	KindReset          Kind = "reset"           // 502: the connection broke before the response headers
-	KindProtocol       Kind = "protocol_error"  // 502: anything else the transport reported
-	KindDenied         Kind = "denied"          // 403: the authorization policy refused the caller
-	KindBadPath        Kind = "bad_path"        // 400: a path that could be read more than one way
-	KindBadRequest     Kind = "bad_request"     // 400: a request sidemesh refuses to pass on
-	KindMisdirected    Kind = "misdirected"     // 421: a Host another certificate serves than the connection's
+	KindNoRoute         Kind = "no_route"        // 502: nothing is configured for the request
+	KindNoEndpoints     Kind = "no_endpoints"    // 503: the upstream has no endpoint right now
+	KindConnectFailure  Kind = "connect_failure" // 503: connecting to the chosen endpoint failed
+	KindTimeout         Kind = "timeout"         // 504: no response headers in time
+	KindReset           Kind = "reset"           // 502: the connection broke before the response headers
+	KindProtocol        Kind = "protocol_error"  // 502: anything else the transport reported
+	KindDenied          Kind = "denied"          // 403: the authorization policy refused the caller
+	KindBadPath         Kind = "bad_path"        // 400: a path that could be read more than one way
+	KindBadRequest      Kind = "bad_request"     // 400: a request sidemesh refuses to pass on
+	KindMisdirected     Kind = "misdirected"     // 421: a Host another certificate serves than the connection's
+	KindUnauthenticated Kind = "unauthenticated" // 401: a route needs a credential the request lacks or that does not verify
 )
 
 // HeaderError names the response header that carries a Kind.

@@ -49,6 +49,9 @@ type Info struct {
 	AffinityStrict bool
 	RebindKey      uint64
 	Backend        string
+	// Principal is who an edge route's authentication found the caller
+	// to be: "jwt:<provider>:<subject>"; empty when the route has none.
+	Principal string
 	// Sticky says what the sticky session filter did, for telemetry:
 	// "hit", "new", "rebind", "miss" (no usable session), or empty on a
 	// route without sticky sessions.

@@ -29,7 +29,7 @@ func (o telemetryObserver) End(ctx context.Context, r *http.Request, info *Info)
 		Status: info.Status, BytesIn: info.BytesIn, BytesOut: info.BytesOut,
 		Upstream: info.Upstream, Endpoint: info.Endpoint, Tries: info.Tries,
 		Peer: info.Peer, PolicyRule: info.PolicyRule, PolicyAllowed: info.PolicyAllowed,
-		RequestID: info.RequestID, Sticky: info.Sticky,
+		RequestID: info.RequestID, Sticky: info.Sticky, Principal: info.Principal,
 	}
 	if info.Err != nil {
 		rec.ErrorKind = string(info.Err.Kind)

@@ -106,6 +106,8 @@ func GRPCCode(e *Error) int {
 		return grpcDeadlineExceeded
 	case KindDenied:
 		return grpcPermissionDenied
+	case KindUnauthenticated:
+		return grpcUnauthenticated
 	case KindBadPath, KindBadRequest:
 		return grpcInvalidArgument
 	case KindNoRoute:

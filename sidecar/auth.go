@@ -1,0 +1,88 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+
+	"github.com/sidemesh/sidemesh/policy/authn"
+	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/edge"
+	"github.com/sidemesh/sidemesh/sidecar/pipeline"
+)
+
+// jwtProvider is a running JWT provider and the config it was built
+// from.
+type jwtProvider struct {
+	cfg    config.JWTProvider
+	p      *authn.Provider
+	cancel context.CancelFunc // stops its key refresh; nil until started
+}
+
+// loadJWTProviders builds the JWT providers of cfg, reusing the running
+// ones whose config did not change (a file's keys are read again). It is
+// the fallible part of applying them, done before anything changes:
+// a JWKS file that does not load refuses the config.
+func (s *Sidecar) loadJWTProviders(cfg *config.Config) (map[string]*jwtProvider, error) {
+	next := map[string]*jwtProvider{}
+	if cfg.Edge == nil {
+		return next, nil
+	}
+	for _, pc := range cfg.Edge.JWTProviders {
+		if old := s.jwt[pc.Name]; old != nil && reflect.DeepEqual(old.cfg, pc) {
+			if err := old.p.Reload(); err != nil {
+				return nil, fmt.Errorf("edge.jwt_providers %s: %w", pc.Name, err)
+			}
+			next[pc.Name] = old
+			continue
+		}
+		ac := pc.AuthnConfig()
+		ac.Now = s.clock
+		p, err := authn.NewProvider(ac)
+		if err != nil {
+			return nil, fmt.Errorf("edge.jwt_providers %s: %w", pc.Name, err)
+		}
+		next[pc.Name] = &jwtProvider{cfg: pc, p: p}
+	}
+	return next, nil
+}
+
+// startJWTProviders makes next the running providers: new ones start
+// fetching their keys, replaced ones stop.
+func (s *Sidecar) startJWTProviders(next map[string]*jwtProvider) {
+	for _, jp := range next {
+		if jp.cancel == nil {
+			ctx, cancel := context.WithCancel(s.life)
+			jp.cancel = cancel
+			jp.p.Start(ctx)
+		}
+	}
+	for name, old := range s.jwt {
+		if next[name] != old {
+			old.cancel()
+		}
+	}
+	s.jwt = next
+	s.jwtView.Store(&next)
+}
+
+// authFilter returns the authentication filter of route rc, over the
+// providers in jwt.
+func authFilter(jwt map[string]*jwtProvider) func(*config.Route) pipeline.Filter {
+	return func(rc *config.Route) pipeline.Filter {
+		jp := jwt[rc.Auth.JWT] // validated: it exists
+		return edge.AuthFilter(jp.p, jp.cfg.From, rc.Auth)
+	}
+}
+
+// JWTProviders returns the state of each JWT provider, by name. It takes
+// no lock: metrics collection calls it, also from Shutdown.
+func (s *Sidecar) JWTProviders() map[string]authn.Stats {
+	out := map[string]authn.Stats{}
+	if view := s.jwtView.Load(); view != nil {
+		for name, jp := range *view {
+			out[name] = jp.p.Stats()
+		}
+	}
+	return out
+}
