@@ -86,3 +86,43 @@ func (s *Sidecar) JWTProviders() map[string]authn.Stats {
 	}
 	return out
 }
+
+// routeLimits returns the rate limits of cfg's routes, by route name,
+// reusing the buckets of a limit whose route and configuration did not
+// change, so that a reload grants no fresh burst. It records them in
+// s.limits.
+func (s *Sidecar) routeLimits(cfg *config.Config) map[string][]*edge.RouteLimit {
+	out := map[string][]*edge.RouteLimit{}
+	next := map[string]*edge.RouteLimit{}
+	if cfg.Edge != nil {
+		for _, rc := range cfg.Edge.Routes {
+			for _, lc := range rc.RateLimits {
+				id := rc.Name + "\x00" + lc.LimitName()
+				l := s.limits[id]
+				if l == nil || !reflect.DeepEqual(l.Cfg, lc) {
+					l = edge.NewRouteLimit(rc.Name, lc)
+				}
+				next[id] = l
+				out[rc.Name] = append(out[rc.Name], l)
+			}
+		}
+	}
+	s.limits = next
+	view := make([]*edge.RouteLimit, 0, len(next))
+	for _, l := range next {
+		view = append(view, l)
+	}
+	s.limitsView.Store(&view)
+	return out
+}
+
+// RateLimits returns what each rate limit decided. It takes no lock.
+func (s *Sidecar) RateLimits() []edge.LimitStats {
+	var out []edge.LimitStats
+	if view := s.limitsView.Load(); view != nil {
+		for _, l := range *view {
+			out = append(out, l.Stats())
+		}
+	}
+	return out
+}

@@ -153,6 +153,7 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 		return out
 	}
 	table := edge.Compile(cfg.Edge.Routes)
+	limits := s.routeLimits(cfg)
 	backends := &edgeBackends{ups: ups, variants: variants, made: map[backendKey]pipeline.Handler{}}
 	fwd := &proxy.Forwarded{Trusted: cfg.TrustedPrefixes()}
 	for _, l := range cfg.Edge.Listeners {
@@ -167,6 +168,9 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 		}
 		if len(s.jwt) > 0 {
 			o.Auth = authFilter(s.jwt)
+		}
+		if len(limits) > 0 {
+			o.RateLimits = func(rc *config.Route) []*edge.RouteLimit { return limits[rc.Name] }
 		}
 		if ec := certs[l.Listen]; ec != nil {
 			o.Certificates = ec.certs

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/config"
+	"github.com/sidemesh/sidemesh/sidecar/edge"
 	"github.com/sidemesh/sidemesh/sidecar/listener"
 	"github.com/sidemesh/sidemesh/sidecar/security"
 	"github.com/sidemesh/sidemesh/sidecar/sticky"
@@ -67,6 +68,10 @@ type Sidecar struct {
 	jwt       map[string]*jwtProvider // edge.jwt_providers, by name
 	// jwtView is jwt as readers without the mutex see it.
 	jwtView atomic.Pointer[map[string]*jwtProvider]
+	// limits are the edge routes' rate limits, by route and limit name;
+	// limitsView lists them for readers without the mutex.
+	limits     map[string]*edge.RouteLimit
+	limitsView atomic.Pointer[[]*edge.RouteLimit]
 	// sticky is the session table; nil until a route is sticky. Read
 	// without the mutex by the admin API and metrics.
 	sticky atomic.Pointer[sticky.Table]

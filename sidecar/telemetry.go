@@ -33,6 +33,7 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 			LeafExpiry:    s.observeLeaf,
 			Sticky:        s.observeSticky,
 			JWT:           s.observeJWT,
+			RateLimits:    s.observeRateLimits,
 		},
 	}
 	if s.backends != nil && s.backends.pool != nil {
@@ -194,6 +195,18 @@ func (s *Sidecar) observeLeaf() (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return b.NotAfter, true
+}
+
+// observeRateLimits reports the edge's rate limits for metrics.
+func (s *Sidecar) observeRateLimits() []telemetry.RateLimitState {
+	var out []telemetry.RateLimitState
+	for _, st := range s.RateLimits() {
+		out = append(out, telemetry.RateLimitState{
+			Route: st.Route, Limit: st.Name, Allowed: int64(st.Allowed), Refused: int64(st.Refused),
+			ShadowRefused: int64(st.ShadowRefused), Keys: int64(st.Keys), Evictions: int64(st.Evictions),
+		})
+	}
+	return out
 }
 
 // observeJWT reports the edge's JWT providers for metrics.

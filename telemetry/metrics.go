@@ -55,6 +55,9 @@ const (
 	// operation gave.
 	keyJWTProvider = attribute.Key("sidemesh.jwt.provider")
 	keyResult      = attribute.Key("sidemesh.result")
+	// keyLimit names a route's rate limit; keyDecision what it decided.
+	keyLimit    = attribute.Key("sidemesh.ratelimit.name")
+	keyDecision = attribute.Key("sidemesh.ratelimit.decision")
 	// keyPrincipal is who an edge authenticated the caller as.
 	keyPrincipal = attribute.Key("sidemesh.principal")
 	// KeyRouteName is an edge route's name as a metric label (the

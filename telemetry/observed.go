@@ -87,6 +87,20 @@ type Observed struct {
 	Sticky func() []StickyState
 	// JWT returns an edge's JWT providers; nil or empty without.
 	JWT func() []JWTState
+	// RateLimits returns an edge's rate limits; nil or empty without.
+	RateLimits func() []RateLimitState
+}
+
+// RateLimitState is one rate limit of an edge route at the moment
+// metrics are collected.
+type RateLimitState struct {
+	Route, Limit string
+	// Requests by decision: allowed, refused, and in shadow mode
+	// (enforce: false) those it would have refused.
+	Allowed, Refused, ShadowRefused int64
+	// Keys is the number of keys tracked; Evictions those forgotten for
+	// the max_keys bound.
+	Keys, Evictions int64
 }
 
 // JWTState is an edge's JWT provider at the moment metrics are
@@ -145,7 +159,13 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		metric.WithDescription("Fetches of a JWT provider's key set, by result: ok or error."))
 	unknownKeys, err17 := meter.Int64ObservableCounter("sidemesh.jwt.unknown_keys", metric.WithUnit("{token}"),
 		metric.WithDescription("Tokens whose key ID was not in their provider's key set."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17} {
+	limited, err18 := meter.Int64ObservableCounter("sidemesh.ratelimit.requests", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests an edge route's rate limit saw, by decision: allowed, refused (429), shadow_refused (would have been refused; enforce: false)."))
+	limitKeys, err19 := meter.Int64ObservableGauge("sidemesh.ratelimit.keys", metric.WithUnit("{key}"),
+		metric.WithDescription("Keys (clients, subjects, header values) a rate limit tracks on this edge."))
+	limitEvictions, err20 := meter.Int64ObservableCounter("sidemesh.ratelimit.evictions", metric.WithUnit("{key}"),
+		metric.WithDescription("Keys a rate limit forgot for its max_keys bound, least recently used first."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17, err18, err19, err20} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -232,9 +252,22 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 				ob.ObserveInt64(unknownKeys, st.UnknownKeys, metric.WithAttributes(p))
 			}
 		}
+		if o.RateLimits != nil {
+			for _, st := range o.RateLimits() {
+				attrs := []attribute.KeyValue{KeyRouteName.String(st.Route), keyLimit.String(st.Limit)}
+				for _, c := range []struct {
+					decision string
+					n        int64
+				}{{"allowed", st.Allowed}, {"refused", st.Refused}, {"shadow_refused", st.ShadowRefused}} {
+					ob.ObserveInt64(limited, c.n, metric.WithAttributes(append(attrs, keyDecision.String(c.decision))...))
+				}
+				ob.ObserveInt64(limitKeys, st.Keys, metric.WithAttributes(attrs...))
+				ob.ObserveInt64(limitEvictions, st.Evictions, metric.WithAttributes(attrs...))
+			}
+		}
 		return nil
 	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes, owners,
-		jwksAge, jwksFetches, unknownKeys)
+		jwksAge, jwksFetches, unknownKeys, limited, limitKeys, limitEvictions)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

@@ -109,6 +109,10 @@ type Route struct {
 	Sticky *Sticky `yaml:"sticky"`
 	// Auth requires a verified JWT of the callers; nil lets anyone in.
 	Auth *RouteAuth `yaml:"auth"`
+	// RateLimits limit the route's requests; each request takes a token
+	// from every limit's bucket for its key, and is refused (429) when
+	// an enforced one is empty.
+	RateLimits []RateLimit `yaml:"rate_limits"`
 }
 
 // RouteMatch is one set of conditions a request must all meet.
@@ -284,6 +288,7 @@ func (v *validator) edge(c *Config) {
 	for i := range e.Routes {
 		v.route(c, i, names)
 		v.sticky(c, fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
+		v.rateLimits(fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 	}
 	v.versions(e)
 	v.edgeSticky(c)

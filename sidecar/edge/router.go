@@ -44,6 +44,9 @@ type RouterOptions struct {
 	// section; it runs first of the route's filters. Nil when no route
 	// has one.
 	Auth func(*config.Route) pipeline.Filter
+	// RateLimits returns the rate limits of a route with rate_limits;
+	// they run after authentication. Nil when no route has any.
+	RateLimits func(*config.Route) []*RouteLimit
 }
 
 // Router routes one edge listener's requests: it normalizes the path,
@@ -145,13 +148,16 @@ func (rt *Router) Route(r *http.Request) *pipeline.Route {
 	return rt.notFound
 }
 
-// routeFilters are route's own filters, in order: authentication, the
-// body limit, request headers, the rewrite (under matched prefix),
+// routeFilters are route's own filters, in order: authentication, rate
+// limits, the body limit, request headers, the rewrite (under matched prefix),
 // response headers, the sticky session.
 func routeFilters(rc *config.Route, prefix string, o RouterOptions) []pipeline.Filter {
 	var fs []pipeline.Filter
 	if rc.Auth != nil && o.Auth != nil {
 		fs = append(fs, o.Auth(rc))
+	}
+	if len(rc.RateLimits) > 0 && o.RateLimits != nil {
+		fs = append(fs, RateLimitFilter(o.RateLimits(rc)))
 	}
 	if n := int64(rc.MaxBodyBytes); n > 0 {
 		fs = append(fs, pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {

@@ -27,6 +27,7 @@ const (
 	KindBadRequest      Kind = "bad_request"     // 400: a request sidemesh refuses to pass on
 	KindMisdirected     Kind = "misdirected"     // 421: a Host another certificate serves than the connection's
 	KindUnauthenticated Kind = "unauthenticated" // 401: a route needs a credential the request lacks or that does not verify
+	KindRateLimited     Kind = "rate_limited"    // 429: a rate limit of the route refused the request
 )
 
 // HeaderError names the response header that carries a Kind.

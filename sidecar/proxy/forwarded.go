@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -75,3 +76,20 @@ func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
 }
 
 var _ pipeline.Filter = (*Forwarded)(nil)
+
+// ClientAddr returns the address of r's client as the Forwarded filter
+// established it: the first X-Forwarded-For address, which that filter
+// sets to the peer's unless the peer is a trusted proxy; else the peer's
+// address. Filters that key on the client (sticky sessions by source IP,
+// rate limits by client_ip) run after Forwarded and use it.
+func ClientAddr(r *http.Request) string {
+	if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+		first, _, _ := strings.Cut(xff, ",")
+		return strings.TrimSpace(first)
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

@@ -7,13 +7,13 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/pipeline"
+	"github.com/sidemesh/sidemesh/sidecar/proxy"
 )
 
 // Outcomes of the filter, as pipeline.Info.Sticky records them.
@@ -100,24 +100,9 @@ func (r *Route) token(req *http.Request, cfg *routeConfig) []byte {
 			return []byte(v)
 		}
 	case config.StickySourceIPMode:
-		return []byte(clientAddr(req))
+		return []byte(proxy.ClientAddr(req))
 	}
 	return nil
-}
-
-// clientAddr is the first X-Forwarded-For address, which the Forwarded
-// filter sets to the peer's unless the peer is a trusted proxy; else
-// the peer's address.
-func clientAddr(req *http.Request) string {
-	if xff := req.Header.Get("X-Forwarded-For"); xff != "" {
-		first, _, _ := strings.Cut(xff, ",")
-		return strings.TrimSpace(first)
-	}
-	host, _, err := net.SplitHostPort(req.RemoteAddr)
-	if err != nil {
-		return req.RemoteAddr
-	}
-	return host
 }
 
 // Cookies hold "<session id>.<signature>", both base64url: a random
