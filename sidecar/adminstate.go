@@ -164,6 +164,28 @@ func (a adminState) Identity() *admin.Identity {
 	return &admin.Identity{SPIFFEID: b.ID.String(), NotAfter: b.NotAfter, ExpiresInSeconds: time.Until(b.NotAfter).Seconds()}
 }
 
+// APIKeys implements admin.Provider.
+func (a adminState) APIKeys() []admin.APIKeySet {
+	var out []admin.APIKeySet
+	for _, st := range a.s.APIKeySets() {
+		set := admin.APIKeySet{Name: st.Name, Keys: []admin.APIKeyRef{}}
+		for _, k := range st.Keys {
+			ref := admin.APIKeyRef{ID: k.ID, Revoked: st.Revoked[k.ID]}
+			if !k.Expires.IsZero() {
+				exp := k.Expires
+				ref.Expires = &exp
+			}
+			set.Keys = append(set.Keys, ref)
+		}
+		out = append(out, set)
+	}
+	slices.SortFunc(out, func(x, y admin.APIKeySet) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
+// RevokeAPIKey implements admin.Provider.
+func (a adminState) RevokeAPIKey(set, id string, on bool) error { return a.s.RevokeAPIKey(set, id, on) }
+
 // Drain implements admin.Provider.
 func (a adminState) Drain(id string, on bool) error { return a.s.Drain(id, on) }
 

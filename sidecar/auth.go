@@ -67,12 +67,14 @@ func (s *Sidecar) startJWTProviders(next map[string]*jwtProvider) {
 }
 
 // authFilter returns the authentication filter of route rc, over the
-// providers in jwt.
-func authFilter(jwt map[string]*jwtProvider) func(*config.Route) pipeline.Filter {
-	return func(rc *config.Route) pipeline.Filter {
-		jp := jwt[rc.Auth.JWT] // validated: it exists
-		return edge.AuthFilter(jp.p, jp.cfg.From, rc.Auth)
+// JWT providers and API key sets of the config being applied.
+func (s *Sidecar) authFilter(rc *config.Route) pipeline.Filter {
+	if rc.Auth.APIKey != "" {
+		k := s.keySets[rc.Auth.APIKey] // validated: it exists
+		return edge.APIKeyFilter(k.ks, k.cfg, rc.Auth, s.clock)
 	}
+	jp := s.jwt[rc.Auth.JWT] // validated: it exists
+	return edge.AuthFilter(jp.p, jp.cfg.From, rc.Auth)
 }
 
 // JWTProviders returns the state of each JWT provider, by name. It takes

@@ -166,9 +166,7 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 		if table := s.sticky.Load(); table != nil {
 			o.Sticky = func(rc *config.Route) pipeline.Filter { return table.Route(rc).Filter() }
 		}
-		if len(s.jwt) > 0 {
-			o.Auth = authFilter(s.jwt)
-		}
+		o.Auth = s.authFilter
 		if len(limits) > 0 {
 			o.RateLimits = func(rc *config.Route) []*edge.RouteLimit { return limits[rc.Name] }
 		}

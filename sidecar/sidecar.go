@@ -79,11 +79,15 @@ type Sidecar struct {
 	// tests skew it (WithClock).
 	clock func() time.Time
 	// drained is the endpoints every balancer of this sidecar gives no
-	// new work (Drain); localDrains, under drainMu, the drains asked of
-	// a sidecar without a gossip pool.
-	drained     balancer.Drained
-	drainMu     sync.Mutex
-	localDrains map[string]struct{}
+	// new work, as drains (shared by the gossip pool) says (Drain).
+	drained balancer.Drained
+	drains  *sharedSet
+	// revoked holds the revoked API key IDs, "<set>/<id>", shared by the
+	// gossip pool; keySets are the edge's API key sets by name, which
+	// revocations apply to (keySetsView for readers without the mutex).
+	revoked     *sharedSet
+	keySets     map[string]*keySet
+	keySetsView atomic.Pointer[map[string]*keySet]
 	local       *upstream
 	sockets     map[string]*listener.Socket // by address
 	servers     map[string]*server          // by address
@@ -120,15 +124,15 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) *Sidecar {
 		log = slog.Default()
 	}
 	s := &Sidecar{
-		log:         log,
-		adopted:     map[string]net.Listener{},
-		localDrains: map[string]struct{}{},
-		upstreams:   map[string]*upstream{},
-		variants:    map[string]*upstream{},
-		edgeCerts:   map[string]*edgeCerts{},
-		sockets:     map[string]*listener.Socket{},
-		servers:     map[string]*server{},
-		clock:       time.Now,
+		log:     log,
+		adopted: map[string]net.Listener{},
+
+		upstreams: map[string]*upstream{},
+		variants:  map[string]*upstream{},
+		edgeCerts: map[string]*edgeCerts{},
+		sockets:   map[string]*listener.Socket{},
+		servers:   map[string]*server{},
+		clock:     time.Now,
 	}
 	for _, o := range opts {
 		o(s)
@@ -153,7 +157,8 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		return err
 	}
 	s.backends = b
-	s.watchDrains()
+	s.drains = newSharedSet(b.pool, drainPrefix, s.drained.Set)
+	s.revoked = newSharedSet(b.pool, revokedPrefix, s.applyRevoked)
 	tel, accessLog, err := s.startTelemetry(ctx, cfg)
 	if err != nil {
 		return s.abortStart(err)
@@ -262,6 +267,10 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	keySets, err := s.loadKeySets(cfg)
+	if err != nil {
+		return err
+	}
 	specs := listenerSpecs(cfg)
 
 	// Bind new addresses: the last step that can fail.
@@ -303,6 +312,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 	s.startEdgeCerts(certs)
 	s.useStickyKeys(cfg, stickyKeys)
 	s.startJWTProviders(jwt)
+	s.useKeySets(keySets)
 	t := s.newRouteTable(cfg, next, local)
 	t.edge = s.edgeRouters(cfg, next, variants, certs)
 	s.routes.Store(t)

@@ -1,10 +1,11 @@
 // Package admin serves a sidecar's admin API: liveness, readiness, the
 // effective config, the state of its upstreams, discovery backends,
 // gossip pool and identity, recent availability events and traffic
-// history, as JSON. It listens on loopback by default. The one thing it
-// changes is which endpoints are drained (PUT and DELETE /drain/{id}):
-// methods a cross-site form or script cannot send to it without a CORS
-// preflight, which it never grants.
+// history, as JSON. It listens on loopback by default. What it changes
+// is which endpoints are drained (PUT and DELETE /drain/{id}) and which
+// API keys are revoked (PUT and DELETE /api_keys/{set}/{id}/revoked),
+// with methods a cross-site form or script cannot send to it without a
+// CORS preflight, which it never grants.
 package admin
 
 import (
@@ -47,6 +48,24 @@ type Provider interface {
 	// drain; Drained lists the drained IDs.
 	Drain(id string, on bool) error
 	Drained() []string
+	// APIKeys returns the edge's API key sets (IDs, expiries,
+	// revocations; never a key); RevokeAPIKey revokes one key of a set
+	// (on) or ends its revocation.
+	APIKeys() []APIKeySet
+	RevokeAPIKey(set, id string, on bool) error
+}
+
+// APIKeySet is one API key set of an edge.
+type APIKeySet struct {
+	Name string      `json:"name"`
+	Keys []APIKeyRef `json:"keys"`
+}
+
+// APIKeyRef describes one key: never the key itself.
+type APIKeyRef struct {
+	ID      string     `json:"id"`
+	Expires *time.Time `json:"expires,omitempty"`
+	Revoked bool       `json:"revoked"`
 }
 
 // Drains is the answer of /drain: the drained endpoints' IDs.
@@ -312,6 +331,18 @@ func Handler(p Provider) http.Handler {
 				return
 			}
 			writeJSON(w, http.StatusOK, Drains{Drained: nonNil(p.Drained())})
+		})
+	}
+	mux.HandleFunc("GET /api_keys", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"sets": nonNil(p.APIKeys())})
+	})
+	for method, on := range map[string]bool{"PUT": true, "DELETE": false} {
+		mux.HandleFunc(method+" /api_keys/{set}/{id}/revoked", func(w http.ResponseWriter, r *http.Request) {
+			if err := p.RevokeAPIKey(r.PathValue("set"), r.PathValue("id"), on); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"set": r.PathValue("set"), "id": r.PathValue("id"), "revoked": on})
 		})
 	}
 	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {

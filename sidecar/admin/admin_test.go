@@ -33,7 +33,11 @@ func (f *fake) Drain(id string, on bool) error {
 	}
 	return nil
 }
-func (f *fake) Drained() []string     { return f.drained }
+func (f *fake) Drained() []string    { return f.drained }
+func (f *fake) APIKeys() []APIKeySet { return nil }
+func (f *fake) RevokeAPIKey(set, id string, on bool) error {
+	return errors.New("no API key sets")
+}
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
 func (f *fake) Config() any {
 	return map[string]any{"outbound": map[string]string{"listen": "127.0.0.1:15001"}}

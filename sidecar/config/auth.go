@@ -49,16 +49,40 @@ type TokenSource struct {
 	Cookie string `yaml:"cookie"`
 }
 
-// RouteAuth is what a route requires of its callers.
+// APIKeySet is a set of API keys an edge accepts.
+type APIKeySet struct {
+	// Name is how routes refer to the set. Required, unique.
+	Name string `yaml:"name"`
+	// File lists the keys: a YAML list of { id, key | sha256, expires,
+	// metadata }, read again on reload. Required.
+	File string `yaml:"file"`
+	// Header carries the key; default X-Api-Key.
+	Header string `yaml:"header"`
+	// Query, when set, also accepts the key in this query parameter
+	// (off by default: URLs end up in logs and browser histories).
+	Query string `yaml:"query"`
+	// HideCredentials removes the key from the request before the
+	// backend sees it. Default true.
+	HideCredentials bool `yaml:"hide_credentials"`
+}
+
+func (k *APIKeySet) setDefaults() { *k = APIKeySet{Header: "X-Api-Key", HideCredentials: true} }
+
+// RouteAuth is what a route requires of its callers: a JWT or an API
+// key, exactly one.
 type RouteAuth struct {
 	// JWT names the provider (edge.jwt_providers) whose token a request
-	// must carry. Required.
+	// must carry.
 	JWT string `yaml:"jwt"`
+	// APIKey names the key set (edge.api_keys) one of whose keys a
+	// request must carry.
+	APIKey string `yaml:"api_key"`
 	// Require is what the verified token must grant, else 403.
 	Require AuthRequire `yaml:"require"`
 	// ForwardClaims sends claims to the backend as headers: claim name
-	// to header name. A header of that name from the client is removed
-	// first, so that none can be forged.
+	// to header name (for an API key, "id" is the key's ID and any
+	// other name a metadata value). A header of that name from the
+	// client is removed first, so that none can be forged.
 	ForwardClaims map[string]string `yaml:"forward_claims"`
 	// ForwardToken passes the token on to the backend; by default it is
 	// removed from the request.
@@ -124,12 +148,15 @@ func (v *validator) jwtProviders(e *Edge) {
 			continue
 		}
 		path := fmt.Sprintf("edge.routes[%d].auth", i)
-		if _, ok := names[a.JWT]; !ok {
-			if a.JWT == "" {
-				v.errorf(path+".jwt", "required: the provider whose tokens the route accepts")
-			} else {
-				v.errorf(path+".jwt", "no edge.jwt_providers entry is named %s", quote(a.JWT))
-			}
+		switch _, ok := names[a.JWT]; {
+		case (a.JWT == "") == (a.APIKey == ""):
+			v.errorf(path, "exactly one of jwt (a provider's tokens) and api_key (a key set's keys)")
+		case a.JWT != "" && !ok:
+			v.errorf(path+".jwt", "no edge.jwt_providers entry is named %s", quote(a.JWT))
+		case a.APIKey != "" && !slices.ContainsFunc(e.APIKeys, func(k APIKeySet) bool { return k.Name == a.APIKey }):
+			v.errorf(path+".api_key", "no edge.api_keys entry is named %s", quote(a.APIKey))
+		case a.APIKey != "" && (len(a.Require.Scopes) > 0 || len(a.Require.Claims) > 0):
+			v.errorf(path+".require", "scopes and claims are for JWTs; an API key grants its route")
 		}
 		for claim, h := range a.ForwardClaims {
 			if claim == "" || !validHeaderName(h) {
@@ -138,6 +165,29 @@ func (v *validator) jwtProviders(e *Edge) {
 		}
 		if e.Routes[i].Redirect != nil {
 			v.errorf(path, "a route that redirects sends nothing to authenticate for")
+		}
+	}
+}
+
+// apiKeySets checks the edge's API key sets.
+func (v *validator) apiKeySets(e *Edge) {
+	names := map[string]int{}
+	for i := range e.APIKeys {
+		k := &e.APIKeys[i]
+		path := fmt.Sprintf("edge.api_keys[%d]", i)
+		switch prev, dup := names[k.Name]; {
+		case k.Name == "":
+			v.errorf(path+".name", "required: routes name the key set by it")
+		case dup:
+			v.errorf(path+".name", "%s is also the name of edge.api_keys[%d]", quote(k.Name), prev)
+		default:
+			names[k.Name] = i
+		}
+		if k.File == "" {
+			v.errorf(path+".file", "required: the file that lists the keys")
+		}
+		if !validHeaderName(k.Header) {
+			v.errorf(path+".header", "invalid header name %s", quote(k.Header))
 		}
 	}
 }
@@ -172,6 +222,19 @@ func (e *Edge) jwksFiles() []fileField {
 	var fs []fileField
 	for i := range e.JWTProviders {
 		fs = append(fs, fileField{fmt.Sprintf("edge.jwt_providers[%d].jwks_file", i), &e.JWTProviders[i].JWKSFile})
+	}
+	return fs
+}
+
+// apiKeyFiles returns the edge's API key files, for path resolution and
+// checking.
+func (e *Edge) apiKeyFiles() []fileField {
+	if e == nil {
+		return nil
+	}
+	var fs []fileField
+	for i := range e.APIKeys {
+		fs = append(fs, fileField{fmt.Sprintf("edge.api_keys[%d].file", i), &e.APIKeys[i].File})
 	}
 	return fs
 }

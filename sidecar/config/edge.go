@@ -26,6 +26,9 @@ type Edge struct {
 	// JWTProviders are the issuers whose tokens routes may require
 	// (a route's auth.jwt names one).
 	JWTProviders []JWTProvider `yaml:"jwt_providers"`
+	// APIKeys are the API key sets routes may require (a route's
+	// auth.api_key names one).
+	APIKeys []APIKeySet `yaml:"api_keys"`
 }
 
 // EdgeListener is one client-facing listener.
@@ -293,6 +296,7 @@ func (v *validator) edge(c *Config) {
 	v.versions(e)
 	v.edgeSticky(c)
 	v.jwtProviders(e)
+	v.apiKeySets(e)
 }
 
 // route checks route i; names maps each route name to its index.

@@ -37,6 +37,7 @@ func (c *Config) fileFields() []fileField {
 	}
 	fs = append(fs, c.Edge.stickyFiles()...)
 	fs = append(fs, c.Edge.jwksFiles()...)
+	fs = append(fs, c.Edge.apiKeyFiles()...)
 	return fs
 }
 
@@ -109,6 +110,14 @@ func (c *Config) checkFiles() ErrorList {
 			}
 			if _, err := authn.NewProvider(authn.ProviderConfig{Name: "check", JWKSFile: *f.ptr}); err != nil {
 				v.errorf(f.path, "%s", strings.TrimPrefix(err.Error(), "authn: provider check: "))
+			}
+		}
+		for _, f := range c.Edge.apiKeyFiles() {
+			if *f.ptr == "" {
+				continue
+			}
+			if _, err := authn.LoadKeySet("check", *f.ptr); err != nil {
+				v.errorf(f.path, "%s", strings.TrimPrefix(err.Error(), "authn: api keys check: "))
 			}
 		}
 	}

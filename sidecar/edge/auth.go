@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sidemesh/sidemesh/policy/authn"
 	"github.com/sidemesh/sidemesh/sidecar/config"
@@ -156,4 +157,62 @@ func claimText(v any) (string, bool) {
 		return strings.Join(parts, ","), true
 	}
 	return "", false
+}
+
+// KeyVerifier verifies an API key; *authn.KeySet is one.
+type KeyVerifier interface {
+	Name() string
+	Verify(presented string, now time.Time) (*authn.APIKey, error)
+}
+
+// APIKeyFilter returns the filter that requires a route's callers to
+// carry a key of ks, in set's header (or, when set.Query is set, that
+// query parameter). Without one, or with one that is unknown, expired
+// or revoked, the request is answered 401. Otherwise the filter records
+// the principal ("apikey:<set>:<id>"), forwards the key's ID and
+// metadata as a.ForwardClaims says ("id", or a metadata name; client
+// copies of those headers removed first), and, with
+// set.HideCredentials, removes the key from the request.
+func APIKeyFilter(ks KeyVerifier, set config.APIKeySet, a *config.RouteAuth, now func() time.Time) pipeline.Filter {
+	challenge := fmt.Sprintf(`ApiKey realm="sidemesh", header=%q`, set.Header)
+	return pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
+		presented := r.Header.Get(set.Header)
+		if presented == "" && set.Query != "" {
+			presented = r.URL.Query().Get(set.Query)
+		}
+		if presented == "" {
+			w.Header().Set("WWW-Authenticate", challenge)
+			return pipeline.Errorf(http.StatusUnauthorized, pipeline.KindUnauthenticated, "this route needs an API key in %s", set.Header)
+		}
+		k, err := ks.Verify(presented, now())
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", challenge)
+			e := pipeline.Errorf(http.StatusUnauthorized, pipeline.KindUnauthenticated, "the API key is not valid")
+			e.Err = err
+			return e
+		}
+		if info := pipeline.InfoFrom(r.Context()); info != nil {
+			info.Principal = "apikey:" + ks.Name() + ":" + k.ID
+		}
+		for field, h := range a.ForwardClaims {
+			r.Header.Del(h)
+			v := k.Metadata[field]
+			if field == "id" {
+				v = k.ID
+			}
+			if v != "" && !strings.ContainsAny(v, "\r\n\x00") {
+				r.Header.Set(h, v)
+			}
+		}
+		if set.HideCredentials {
+			r.Header.Del(set.Header)
+			if set.Query != "" {
+				if q := r.URL.Query(); q.Has(set.Query) {
+					q.Del(set.Query)
+					r.URL.RawQuery = q.Encode()
+				}
+			}
+		}
+		return next.ServeHTTP(w, r)
+	})
 }

@@ -57,8 +57,8 @@ func (b *backend) stop() { b.srv.Close() }
 // edgeNode is one in-process edge of a test pool.
 type edgeNode struct {
 	name, addr, admin, gossip string
-	sc                *sidecar.Sidecar
-	stopped           bool
+	sc                        *sidecar.Sidecar
+	stopped                   bool
 }
 
 // pool are edges in one gossip pool, in front of the same backends.
