@@ -3,7 +3,9 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"reflect"
+	"time"
 
 	"github.com/sidemesh/sidemesh/policy/authn"
 	"github.com/sidemesh/sidemesh/sidecar/config"
@@ -16,6 +18,7 @@ import (
 type jwtProvider struct {
 	cfg    config.JWTProvider
 	p      *authn.Provider
+	shared *sharedJWKS        // the pool's shared fetch; nil without gossip or for a file
 	cancel context.CancelFunc // stops its key refresh; nil until started
 }
 
@@ -38,11 +41,16 @@ func (s *Sidecar) loadJWTProviders(cfg *config.Config) (map[string]*jwtProvider,
 		}
 		ac := pc.AuthnConfig()
 		ac.Now = s.clock
+		var shared *sharedJWKS
+		if pc.JWKSURL != "" && s.backends != nil && s.backends.pool != nil {
+			shared = newSharedJWKS(pc.Name, s.backends.pool, authn.HTTPFetcher(pc.JWKSURL, &http.Client{Timeout: 5 * time.Second}), s.clock)
+			ac.Fetch, ac.Latest = shared.fetch, shared.published
+		}
 		p, err := authn.NewProvider(ac)
 		if err != nil {
 			return nil, fmt.Errorf("edge.jwt_providers %s: %w", pc.Name, err)
 		}
-		next[pc.Name] = &jwtProvider{cfg: pc, p: p}
+		next[pc.Name] = &jwtProvider{cfg: pc, p: p, shared: shared}
 	}
 	return next, nil
 }
@@ -54,6 +62,9 @@ func (s *Sidecar) startJWTProviders(next map[string]*jwtProvider) {
 		if jp.cancel == nil {
 			ctx, cancel := context.WithCancel(s.life)
 			jp.cancel = cancel
+			if jp.shared != nil {
+				jp.shared.start(ctx, jp.p)
+			}
 			jp.p.Start(ctx)
 		}
 	}

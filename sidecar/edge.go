@@ -255,7 +255,11 @@ func (b *edgeBackends) Handler(route *config.Route, service string) pipeline.Han
 
 // routeDigestKey is the gossip store key under which member publishes
 // the digest of its routes.
-func routeDigestKey(member string) string { return "edge/routes/" + member }
+func routeDigestKey(member string) string { return routeDigestPrefix + member }
+
+// routeDigestPrefix holds the route digests: one entry per edge of the
+// pool, tied to its membership, which makes it the list of the edges.
+const routeDigestPrefix = "edge/routes/"
 
 // routeDigest identifies e's routes: the first 12 hex digits of the
 // SHA-256 of their YAML.

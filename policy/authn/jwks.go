@@ -41,7 +41,6 @@ type keySet struct {
 	n       int
 	fetched time.Time
 	fresh   time.Time
-	etag    string
 }
 
 // keySource holds a provider's current key set and fetches it.
@@ -52,8 +51,8 @@ type keySource struct {
 	fetches, fetchErrors, unknown atomic.Uint64
 
 	mu          sync.Mutex
-	flight      chan struct{} // closed when the fetch in flight ends; nil: none
-	lastUnknown time.Time     // when an unknown key ID last caused a fetch
+	flight      *flight   // the fetch in progress; nil: none
+	lastUnknown time.Time // when an unknown key ID last caused a fetch
 	negative    map[string]time.Time
 }
 
@@ -128,6 +127,13 @@ func (s *keySource) lookup(ctx context.Context, kid string, now time.Time) ([]jo
 		s.unknown.Add(1)
 	} else {
 		s.unknown.Add(1)
+		if s.cfg.Latest != nil {
+			if body, fetched, maxAge, ok := s.cfg.Latest(); ok && fetched.After(set.fetched) && s.offer(body, fetched, maxAge) == nil {
+				if keys := s.cur.Load().keys(kid); len(keys) > 0 {
+					return keys, nil
+				}
+			}
+		}
 		if !s.mayRefetchFor(kid, now) {
 			return nil, fmt.Errorf("%w: unknown key %q", ErrInvalid, kid)
 		}
@@ -182,80 +188,121 @@ func (s *keySource) mayRefetchFor(kid string, now time.Time) bool {
 }
 
 // fetchShared fetches the set, or waits for the fetch in flight: one
-// fetch, however many callers.
+// fetch, however many callers, each told how it went.
 func (s *keySource) fetchShared(ctx context.Context) error {
 	s.mu.Lock()
-	if ch := s.flight; ch != nil {
+	if f := s.flight; f != nil {
 		s.mu.Unlock()
 		select {
-		case <-ch:
-			return nil
+		case <-f.done:
+			return f.err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	ch := make(chan struct{})
-	s.flight = ch
+	f := &flight{done: make(chan struct{})}
+	s.flight = f
 	s.mu.Unlock()
-	err := s.fetch(context.WithoutCancel(ctx)) // a caller giving up does not cancel it for the others
+	f.err = s.fetch(context.WithoutCancel(ctx)) // a caller giving up does not cancel it for the others
 	s.mu.Lock()
 	s.flight = nil
 	s.mu.Unlock()
-	close(ch)
-	return err
+	close(f.done)
+	return f.err
 }
 
-// fetch gets the set from the URL, conditionally when one is loaded.
+// flight is a fetch in progress; err is set before done is closed.
+type flight struct {
+	done chan struct{}
+	err  error
+}
+
+// fetch gets the set through the provider's Fetcher and makes it the
+// set in use.
 func (s *keySource) fetch(ctx context.Context) error {
 	s.fetches.Add(1)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", s.cfg.JWKSURL, nil)
+	body, maxAge, err := s.cfg.Fetch(ctx)
+	if err == nil {
+		err = s.offer(body, s.cfg.Now(), maxAge)
+	}
 	if err != nil {
 		s.fetchErrors.Add(1)
+		return fmt.Errorf("authn: provider %s: fetch: %w", s.cfg.Name, err)
+	}
+	return nil
+}
+
+// offer makes body, a JWKS fetched at fetched and fresh for maxAge, the
+// set in use, unless the one in use was fetched later.
+func (s *keySource) offer(body []byte, fetched time.Time, maxAge time.Duration) error {
+	byID, n, err := parseSet(body)
+	if err != nil {
 		return err
 	}
-	req.Header.Set("Accept", "application/jwk-set+json, application/json")
-	cur := s.cur.Load()
-	if cur != nil && cur.etag != "" {
-		req.Header.Set("If-None-Match", cur.etag)
+	next := &keySet{byID: byID, n: n, fetched: fetched, fresh: fetched.Add(maxAge)}
+	for {
+		cur := s.cur.Load()
+		if cur != nil && cur.fetched.After(fetched) {
+			return nil
+		}
+		if s.cur.CompareAndSwap(cur, next) {
+			break
+		}
 	}
-	resp, err := s.cfg.Client.Do(req)
-	if err != nil {
-		s.fetchErrors.Add(1)
-		return fmt.Errorf("authn: provider %s: fetch %s: %w", s.cfg.Name, s.cfg.JWKSURL, err)
-	}
-	defer resp.Body.Close()
-	now := s.cfg.Now()
-	maxAge := cacheMaxAge(resp.Header.Get("Cache-Control"))
-	switch {
-	case resp.StatusCode == http.StatusNotModified && cur != nil:
-		next := *cur
-		next.fetched, next.fresh = now, now.Add(maxAge)
-		s.cur.Store(&next)
-		return nil
-	case resp.StatusCode != http.StatusOK:
-		s.fetchErrors.Add(1)
-		return fmt.Errorf("authn: provider %s: fetch %s: status %d", s.cfg.Name, s.cfg.JWKSURL, resp.StatusCode)
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
-	if err == nil && len(data) > maxJWKSBytes {
-		err = fmt.Errorf("larger than %d bytes", maxJWKSBytes)
-	}
-	var byID map[string][]jose.JSONWebKey
-	var n int
-	if err == nil {
-		byID, n, err = parseSet(data)
-	}
-	if err != nil {
-		s.fetchErrors.Add(1)
-		return fmt.Errorf("authn: provider %s: fetch %s: %w", s.cfg.Name, s.cfg.JWKSURL, err)
-	}
-	s.cur.Store(&keySet{byID: byID, n: n, fetched: now, fresh: now.Add(maxAge), etag: resp.Header.Get("ETag")})
 	s.mu.Lock()
 	clear(s.negative) // a new set: key IDs unknown before may be in it
 	s.mu.Unlock()
 	return nil
+}
+
+// Fetcher gets a provider's JWKS: the body, and how long it is fresh.
+type Fetcher func(ctx context.Context) (body []byte, maxAge time.Duration, err error)
+
+// HTTPFetcher returns the Fetcher of a JWKS URL: a GET (with a 10 s
+// timeout) that sends If-None-Match once it has a body, and on 304
+// returns that body again; the body's freshness is its Cache-Control
+// max-age (5 minutes without one; bounded to 30 s..24 h). At most 1 MiB.
+func HTTPFetcher(url string, client *http.Client) Fetcher {
+	var mu sync.Mutex
+	var etag string
+	var last []byte
+	return func(ctx context.Context) ([]byte, time.Duration, error) {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		req.Header.Set("Accept", "application/jwk-set+json, application/json")
+		mu.Lock()
+		if etag != "" && last != nil {
+			req.Header.Set("If-None-Match", etag)
+		}
+		mu.Unlock()
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, 0, err
+		}
+		defer resp.Body.Close()
+		maxAge := cacheMaxAge(resp.Header.Get("Cache-Control"))
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case resp.StatusCode == http.StatusNotModified && last != nil:
+			return last, maxAge, nil
+		case resp.StatusCode != http.StatusOK:
+			return nil, 0, fmt.Errorf("%s: status %d", url, resp.StatusCode)
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", url, err)
+		}
+		if len(body) > maxJWKSBytes {
+			return nil, 0, fmt.Errorf("%s: larger than %d bytes", url, maxJWKSBytes)
+		}
+		etag, last = resp.Header.Get("ETag"), body
+		return body, maxAge, nil
+	}
 }
 
 // cacheMaxAge returns a Cache-Control header's max-age, bounded, or the
@@ -284,9 +331,11 @@ func (s *keySource) refreshLoop(ctx context.Context) {
 		var wait time.Duration
 		if err := s.fetchShared(ctx); err != nil {
 			wait, backoff = backoff, min(2*backoff, retryMax)
-		} else {
+		} else if set := s.cur.Load(); set != nil {
 			backoff = retryMin
-			wait = max(s.cur.Load().fresh.Sub(s.cfg.Now()), retryMin)
+			wait = max(set.fresh.Sub(s.cfg.Now()), retryMin)
+		} else {
+			wait = retryMin
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -301,7 +350,7 @@ func (s *keySource) refreshLoop(ctx context.Context) {
 func (s *keySource) stats(now time.Time) Stats {
 	st := Stats{Fetches: s.fetches.Load(), FetchErrors: s.fetchErrors.Load(), UnknownKeys: s.unknown.Load()}
 	if set := s.cur.Load(); set != nil {
-		st.Loaded, st.Age, st.Keys = true, now.Sub(set.fetched), set.n
+		st.Loaded, st.Age, st.Fetched, st.Keys = true, now.Sub(set.fetched), set.fetched, set.n
 	}
 	return st
 }

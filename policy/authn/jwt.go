@@ -93,6 +93,14 @@ type ProviderConfig struct {
 	ClockSkew time.Duration
 	// Client fetches JWKSURL; default a client with a 5 s timeout.
 	Client *http.Client
+	// Fetch, when set, gets the JWKS in place of a GET of JWKSURL: a
+	// fleet of edges shares one fetch through it (see Provider.Offer).
+	// Default HTTPFetcher(JWKSURL, Client).
+	Fetch Fetcher
+	// Latest, when set, returns the newest key set another edge fetched
+	// (see Provider.Offer); a token whose key ID is unknown looks there
+	// before it may cause a fetch.
+	Latest func() (body []byte, fetched time.Time, maxAge time.Duration, ok bool)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// UnknownKeyRefetch is the least time between two fetches caused by
@@ -138,6 +146,9 @@ func NewProvider(c ProviderConfig) (*Provider, error) {
 	if c.Client == nil {
 		c.Client = &http.Client{Timeout: 5 * time.Second}
 	}
+	if c.Fetch == nil && c.JWKSURL != "" {
+		c.Fetch = HTTPFetcher(c.JWKSURL, c.Client)
+	}
 	algs := c.Algorithms
 	if len(algs) == 0 {
 		algs = Algorithms
@@ -168,6 +179,24 @@ func (p *Provider) Start(ctx context.Context) {
 	if p.cfg.JWKSURL != "" {
 		go p.keys.refreshLoop(ctx)
 	}
+}
+
+// Offer makes body, a JWKS that another edge fetched at fetched and that
+// is fresh for maxAge, the key set in use, unless this provider's is
+// newer. It fails if body is not a usable key set.
+func (p *Provider) Offer(body []byte, fetched time.Time, maxAge time.Duration) error {
+	if err := p.keys.offer(body, fetched, maxAge); err != nil {
+		return fmt.Errorf("authn: provider %s: offered key set: %w", p.cfg.Name, err)
+	}
+	return nil
+}
+
+// Refresh fetches the key set now, or joins the fetch in flight.
+func (p *Provider) Refresh(ctx context.Context) error {
+	if p.cfg.JWKSURL == "" {
+		return p.Reload()
+	}
+	return p.keys.fetchShared(ctx)
 }
 
 // Reload reads a file's key set again; for a URL it does nothing.
@@ -228,8 +257,9 @@ func (p *Provider) Verify(ctx context.Context, token string) (*Principal, error)
 type Stats struct {
 	// Loaded reports that a key set is in use; Age is how long ago it
 	// was last fetched (or confirmed unchanged) or read.
-	Loaded bool
-	Age    time.Duration
+	Loaded  bool
+	Age     time.Duration
+	Fetched time.Time
 	// Keys is the number of usable keys in the set.
 	Keys int
 	// Fetches and FetchErrors count fetches of a URL; UnknownKeys the

@@ -328,7 +328,7 @@ func (t *Table) owners(k string) []string {
 	}
 	var top [Owners]ranked
 	for _, node := range t.Owners() {
-		c := ranked{node, rendezvous(node, k)}
+		c := ranked{node, gossip.RendezvousScore(node, k)}
 		for i := range top {
 			if top[i].node == "" || c.score > top[i].score {
 				c, top[i] = top[i], c
@@ -343,25 +343,6 @@ func (t *Table) owners(k string) []string {
 		}
 	}
 	return out
-}
-
-// rendezvous scores node for key: FNV-1a over both, finished with
-// splitmix64's mixer so that similar names spread. Every edge computes
-// the same score.
-func rendezvous(node, key string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(node); i++ {
-		h = (h ^ uint64(node[i])) * 1099511628211
-	}
-	h *= 1099511628211 // a NUL between the two
-	for i := 0; i < len(key); i++ {
-		h = (h ^ uint64(key[i])) * 1099511628211
-	}
-	h ^= h >> 30
-	h *= 0xbf58476d1ce4e5b9
-	h ^= h >> 27
-	h *= 0x94d049bb133111eb
-	return h ^ h>>31
 }
 
 // live reports whether s has not passed either deadline, give or take

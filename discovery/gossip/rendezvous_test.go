@@ -1,23 +1,14 @@
-package sticky
+package gossip
 
 import (
 	"fmt"
 	"testing"
 )
 
-// TestRendezvousSpreadsAndIsStable: owners spread evenly over the edges,
-// and when an edge goes, only the sessions it owned change owner.
+// TestRendezvousSpreadsAndIsStable: owners spread evenly over the
+// members, and when one goes, only the keys it owned change owner.
 func TestRendezvousSpreadsAndIsStable(t *testing.T) {
-	first := func(nodes []string, key string) string {
-		var best string
-		var bestScore uint64
-		for _, n := range nodes {
-			if sc := rendezvous(n, key); best == "" || sc > bestScore {
-				best, bestScore = n, sc
-			}
-		}
-		return best
-	}
+	first := func(nodes []string, key string) string { return Rank(key, nodes)[0] }
 	nodes := []string{"edge-a", "edge-b", "edge-c", "edge-d"}
 	const keys = 20000
 	count := map[string]int{}
