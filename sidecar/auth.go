@@ -82,7 +82,7 @@ func (s *Sidecar) startJWTProviders(next map[string]*jwtProvider) {
 func (s *Sidecar) authFilter(rc *config.Route) pipeline.Filter {
 	if rc.Auth.APIKey != "" {
 		k := s.keySets[rc.Auth.APIKey] // validated: it exists
-		return edge.APIKeyFilter(k.ks, k.cfg, rc.Auth, s.clock)
+		return edge.APIKeyFilter(k.ks, k.cfg, rc.Auth, s.clock, s.IsolatedFor)
 	}
 	jp := s.jwt[rc.Auth.JWT] // validated: it exists
 	return edge.AuthFilter(jp.p, jp.cfg.From, rc.Auth)

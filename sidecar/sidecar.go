@@ -85,13 +85,16 @@ type Sidecar struct {
 	// revoked holds the revoked API key IDs, "<set>/<id>", shared by the
 	// gossip pool; keySets are the edge's API key sets by name, which
 	// revocations apply to (keySetsView for readers without the mutex).
-	revoked     *sharedSet
-	keySets     map[string]*keySet
-	keySetsView atomic.Pointer[map[string]*keySet]
-	local       *upstream
-	sockets     map[string]*listener.Socket // by address
-	servers     map[string]*server          // by address
-	draining    sync.WaitGroup              // servers replaced by a reload, still draining
+	revoked *sharedSet
+	// isolatedSince is when this sidecar was cut off from its gossip
+	// pool (Unix nanoseconds); 0 when it is not (watchIsolation).
+	isolatedSince atomic.Int64
+	keySets       map[string]*keySet
+	keySetsView   atomic.Pointer[map[string]*keySet]
+	local         *upstream
+	sockets       map[string]*listener.Socket // by address
+	servers       map[string]*server          // by address
+	draining      sync.WaitGroup              // servers replaced by a reload, still draining
 }
 
 // Option changes how New builds a Sidecar.
@@ -159,6 +162,9 @@ func (s *Sidecar) Start(ctx context.Context) error {
 	s.backends = b
 	s.drains = newSharedSet(b.pool, drainPrefix, s.drained.Set)
 	s.revoked = newSharedSet(b.pool, revokedPrefix, s.applyRevoked)
+	if b.pool != nil {
+		go s.watchIsolation(s.life, b.pool)
+	}
 	tel, accessLog, err := s.startTelemetry(ctx, cfg)
 	if err != nil {
 		return s.abortStart(err)

@@ -30,10 +30,13 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 			Discovery:     s.observeDiscovery,
 			Upstreams:     s.observeRetrying,
 			GossipMembers: s.observeMembers,
-			LeafExpiry:    s.observeLeaf,
-			Sticky:        s.observeSticky,
-			JWT:           s.observeJWT,
-			RateLimits:    s.observeRateLimits,
+			GossipIsolation: func() (time.Duration, bool) {
+				return s.IsolatedFor(), s.backends != nil && s.backends.pool != nil
+			},
+			LeafExpiry: s.observeLeaf,
+			Sticky:     s.observeSticky,
+			JWT:        s.observeJWT,
+			RateLimits: s.observeRateLimits,
 		},
 	}
 	if s.backends != nil && s.backends.pool != nil {

@@ -77,6 +77,10 @@ type Observed struct {
 	// GossipMembers returns the live members of the gossip pool; ok is
 	// false without one, and no series is reported.
 	GossipMembers func() (n int, ok bool)
+	// GossipIsolation returns how long this member has been cut off from
+	// every other member of the pool (0 when it is not); ok is false
+	// without a pool.
+	GossipIsolation func() (d time.Duration, ok bool)
 	// Members returns the gossip pool's members, polled every second to
 	// record who joined and left in the event log; nil without gossip.
 	Members func() []Member
@@ -165,7 +169,9 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		metric.WithDescription("Keys (clients, subjects, header values) a rate limit tracks on this edge."))
 	limitEvictions, err20 := meter.Int64ObservableCounter("sidemesh.ratelimit.evictions", metric.WithUnit("{key}"),
 		metric.WithDescription("Keys a rate limit forgot for its max_keys bound, least recently used first."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17, err18, err19, err20} {
+	isolation, err21 := meter.Float64ObservableGauge("sidemesh.gossip.isolation", metric.WithUnit("s"),
+		metric.WithDescription("Seconds this member has been cut off from every other member of the gossip pool (they died, as far as it can tell); 0 when it is not. Past an API key set's max_isolation, its keys are refused."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17, err18, err19, err20, err21} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -214,6 +220,11 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		if o.GossipMembers != nil {
 			if n, ok := o.GossipMembers(); ok {
 				ob.ObserveInt64(members, int64(n))
+			}
+		}
+		if o.GossipIsolation != nil {
+			if d, ok := o.GossipIsolation(); ok {
+				ob.ObserveFloat64(isolation, d.Seconds())
 			}
 		}
 		if o.LeafExpiry != nil {
@@ -267,7 +278,7 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		}
 		return nil
 	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes, owners,
-		jwksAge, jwksFetches, unknownKeys, limited, limitKeys, limitEvictions)
+		jwksAge, jwksFetches, unknownKeys, limited, limitKeys, limitEvictions, isolation)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

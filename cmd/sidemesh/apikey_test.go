@@ -120,3 +120,82 @@ drain_timeout: 1s
 		}
 	}
 }
+
+// TestAPIKeysFailClosedWhenCutOff: an edge whose peers all died (as far
+// as it can tell, it is cut off) refuses API keys once max_isolation has
+// passed, since a revocation made elsewhere could not reach it; it
+// accepts them again as soon as another edge joins it.
+func TestAPIKeysFailClosedWhenCutOff(t *testing.T) {
+	dir := t.TempDir()
+	gossipKey := keygen(t, dir, "gossip.key")
+	keys := writeFile(t, dir, "partners.keys", "- { id: acme, key: acme-0123456789abcdef }\n")
+	app := startBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	start := func(name, seed string) *stickyEdge {
+		e := &stickyEdge{name: name, listen: meshtest.FreeAddr(t), admin: meshtest.FreeAddr(t), gossip: meshtest.FreeAddr(t)}
+		join := "[]"
+		if seed != "" {
+			join = "[" + seed + "]"
+		}
+		e.proc = startSidemesh(t, fmt.Sprintf(`
+edge:
+  listeners: [{ listen: %s }]
+  api_keys: [{ name: partners, file: %s, max_isolation: 2s }]
+  routes:
+    - { name: api, matches: [{ path: { prefix: /api } }], auth: { api_key: partners }, backends: [{ service: app }] }
+upstreams: [{ service: app, endpoints: [{ address: 127.0.0.1:%d }] }]
+admin: { listen: %s }
+discovery: { gossip: { bind: %s, join: %s, key_file: %s, profile: local, node_name: %s } }
+drain_timeout: 1s
+`, e.listen, keys, app.port, e.admin, e.gossip, join, gossipKey, name))
+		return e
+	}
+	a := start("a", "")
+	b, c := start("b", a.gossip), start("c", a.gossip)
+	client := newClient()
+	call := func(e *stickyEdge) int {
+		req, _ := http.NewRequest("GET", "http://"+e.listen+"/api/x", nil)
+		req.Header.Set("X-Api-Key", "acme-0123456789abcdef")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	metric := func(e *stickyEdge) string {
+		resp, err := http.Get("http://" + e.admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for line := range strings.Lines(string(b)) {
+			if strings.HasPrefix(line, "sidemesh_gossip_isolation_seconds ") {
+				return strings.TrimSpace(strings.TrimPrefix(line, "sidemesh_gossip_isolation_seconds "))
+			}
+		}
+		return ""
+	}
+	meshtest.WaitFor(t, 20*time.Second, "three edges, keys accepted", func() bool {
+		return call(a) == 200 && call(b) == 200 && call(c) == 200 && metric(a) == "0"
+	})
+
+	b.proc.cmd.Process.Kill()
+	c.proc.cmd.Process.Kill()
+	killed := time.Now()
+	took := meshtest.WaitFor(t, 40*time.Second, "A to refuse keys once cut off for 2 s", func() bool { return call(a) == 401 })
+	if took < 2*time.Second {
+		t.Errorf("A refused keys %v after its peers died: before max_isolation", took)
+	}
+	if m := metric(a); m == "" || m == "0" {
+		t.Errorf("sidemesh_gossip_isolation_seconds = %q while cut off", m)
+	}
+	t.Logf("A refused keys %v after its peers were killed", time.Since(killed).Round(100*time.Millisecond))
+
+	d := start("d", a.gossip)
+	meshtest.WaitFor(t, 20*time.Second, "A to accept keys again once D joined", func() bool { return call(a) == 200 })
+	if code := call(d); code != 200 {
+		t.Errorf("D: %d", code)
+	}
+}

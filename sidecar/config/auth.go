@@ -64,9 +64,16 @@ type APIKeySet struct {
 	// HideCredentials removes the key from the request before the
 	// backend sees it. Default true.
 	HideCredentials bool `yaml:"hide_credentials"`
+	// MaxIsolation: an edge cut off from every other member of its
+	// gossip pool (they died, as far as it can tell) for longer than
+	// this refuses the set's keys, since it cannot learn of a revocation
+	// made elsewhere. Default 5m; 0 never refuses for it.
+	MaxIsolation time.Duration `yaml:"max_isolation"`
 }
 
-func (k *APIKeySet) setDefaults() { *k = APIKeySet{Header: "X-Api-Key", HideCredentials: true} }
+func (k *APIKeySet) setDefaults() {
+	*k = APIKeySet{Header: "X-Api-Key", HideCredentials: true, MaxIsolation: 5 * time.Minute}
+}
 
 // RouteAuth is what a route requires of its callers: a JWT or an API
 // key, exactly one.
@@ -189,6 +196,7 @@ func (v *validator) apiKeySets(e *Edge) {
 		if !validHeaderName(k.Header) {
 			v.errorf(path+".header", "invalid header name %s", quote(k.Header))
 		}
+		v.nonNegative(path+".max_isolation", k.MaxIsolation)
 	}
 }
 

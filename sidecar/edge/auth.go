@@ -173,9 +173,18 @@ type KeyVerifier interface {
 // metadata as a.ForwardClaims says ("id", or a metadata name; client
 // copies of those headers removed first), and, with
 // set.HideCredentials, removes the key from the request.
-func APIKeyFilter(ks KeyVerifier, set config.APIKeySet, a *config.RouteAuth, now func() time.Time) pipeline.Filter {
+//
+// isolated says how long the edge has been cut off from the other edges:
+// past set.MaxIsolation (when positive) every key is refused, since a
+// revocation made elsewhere could not have reached it.
+func APIKeyFilter(ks KeyVerifier, set config.APIKeySet, a *config.RouteAuth, now func() time.Time, isolated func() time.Duration) pipeline.Filter {
 	challenge := fmt.Sprintf(`ApiKey realm="sidemesh", header=%q`, set.Header)
 	return pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
+		if cut := isolated(); set.MaxIsolation > 0 && cut > set.MaxIsolation {
+			w.Header().Set("WWW-Authenticate", challenge)
+			return pipeline.Errorf(http.StatusUnauthorized, pipeline.KindUnauthenticated,
+				"this edge has been cut off from the other edges for %v and cannot confirm that an API key is not revoked", cut.Round(time.Second))
+		}
 		presented := r.Header.Get(set.Header)
 		if presented == "" && set.Query != "" {
 			presented = r.URL.Query().Get(set.Query)
