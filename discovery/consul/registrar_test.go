@@ -123,8 +123,11 @@ func TestRegisterDeregister(t *testing.T) {
 	})
 
 	// The agent loses a registration (as when Consul reaps a critical
-	// instance): the refresher puts it back.
-	for _, id := range []string{"web-1", "web-1-sidecar-proxy"} {
+	// instance): the refresher puts it back. Each loss waits for the
+	// refresher's round to end (it registers the app and its sidecar in
+	// two calls): a loss during the round would be undone by its second
+	// call and never seen.
+	for round, id := range []string{"web-1", "web-1-sidecar-proxy"} {
 		if err := client.Agent().ServiceDeregister(id); err != nil {
 			t.Fatal(err)
 		}
@@ -135,6 +138,9 @@ func TestRegisterDeregister(t *testing.T) {
 			}
 			if s.ID != id {
 				return fmt.Errorf("got %s", s.ID)
+			}
+			if n := logs.count("registered with consul again"); n < round+1 {
+				return fmt.Errorf("the refresher's round %d has not ended", round+1)
 			}
 			return nil
 		})
