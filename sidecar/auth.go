@@ -22,6 +22,11 @@ type jwtProvider struct {
 	cancel context.CancelFunc // stops its key refresh; nil until started
 }
 
+// jwtUnknownKeyRefetch is the least time between two key set fetches an
+// edge makes for unknown key IDs (authn's default); tests that rotate
+// keys back to back shorten it.
+var jwtUnknownKeyRefetch = 10 * time.Second
+
 // loadJWTProviders builds the JWT providers of cfg, reusing the running
 // ones whose config did not change (a file's keys are read again). It is
 // the fallible part of applying them, done before anything changes:
@@ -40,7 +45,7 @@ func (s *Sidecar) loadJWTProviders(cfg *config.Config) (map[string]*jwtProvider,
 			continue
 		}
 		ac := pc.AuthnConfig()
-		ac.Now = s.clock
+		ac.Now, ac.UnknownKeyRefetch = s.clock, jwtUnknownKeyRefetch
 		var shared *sharedJWKS
 		if pc.JWKSURL != "" && s.backends != nil && s.backends.pool != nil {
 			shared = newSharedJWKS(pc.Name, s.backends.pool, authn.HTTPFetcher(pc.JWKSURL, &http.Client{Timeout: 5 * time.Second}), s.clock)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery/gossip"
@@ -48,6 +49,14 @@ type sharedJWKS struct {
 	http  authn.Fetcher
 	p     *authn.Provider // set by start, before any fetch
 	now   func() time.Time
+	// asker is the edge whose ask the owner is answering: publish hands
+	// it the set last, so that when it answers its client every other
+	// edge has the set too.
+	asker atomic.Pointer[string]
+	// lastStart is when the last fetch as the owner began (Unix ms): a
+	// set counts as fetched when its request went out, so that one asked
+	// for after that is never taken for an answer to the ask.
+	lastStart atomic.Int64
 }
 
 // newSharedJWKS returns the shared fetch of provider name, whose own
@@ -86,7 +95,17 @@ func (j *sharedJWKS) start(ctx context.Context, p *authn.Provider) {
 					continue
 				}
 				answered = e.Version
-				go p.Refresh(ctx) // coalesced with any fetch in flight
+				asker := e.Owner
+				j.asker.Store(&asker)
+				asked, _ := strconv.ParseInt(string(e.Value), 10, 64)
+				go func() {
+					// Joining a fetch that began before the ask does not
+					// answer it: fetch again then.
+					p.Refresh(ctx)
+					if j.lastStart.Load() < asked {
+						p.Refresh(ctx)
+					}
+				}()
 			}
 		}
 	}()
@@ -148,11 +167,13 @@ func (j *sharedJWKS) fetch(ctx context.Context) ([]byte, time.Duration, error) {
 // fetchAndPublish fetches and publishes the set for the other edges.
 // Concurrent asks share one fetch (the provider's fetch in flight).
 func (j *sharedJWKS) fetchAndPublish(ctx context.Context) ([]byte, time.Duration, error) {
+	start := j.now()
+	j.lastStart.Store(start.UnixMilli())
 	body, maxAge, err := j.http(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	j.publish(ctx, body, j.now(), maxAge)
+	j.publish(ctx, body, start, maxAge)
 	return body, maxAge, nil
 }
 
@@ -181,20 +202,27 @@ func (j *sharedJWKS) publish(ctx context.Context, body []byte, fetched time.Time
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
+	push := func(edge string) {
+		for i := range n {
+			if j.pool.PushKey(ctx, edge, fmt.Sprintf("%s%s/%d", jwksPrefix, j.name, i)) != nil {
+				return // gossip carries it
+			}
+		}
+	}
+	asker := ""
+	if a := j.asker.Swap(nil); a != nil {
+		asker = *a
+	}
 	var wg sync.WaitGroup
 	for _, edge := range j.edges() {
-		if edge == j.pool.Name() {
-			continue
+		if edge != j.pool.Name() && edge != asker {
+			wg.Go(func() { push(edge) })
 		}
-		wg.Go(func() {
-			for i := range n {
-				if j.pool.PushKey(ctx, edge, fmt.Sprintf("%s%s/%d", jwksPrefix, j.name, i)) != nil {
-					return // gossip carries it
-				}
-			}
-		})
 	}
 	wg.Wait()
+	if asker != "" && asker != j.pool.Name() {
+		push(asker) // last: when it answers, the others have the set
+	}
 }
 
 // published returns the newest complete set in the store.

@@ -137,7 +137,7 @@ func (s *keySource) lookup(ctx context.Context, kid string, now time.Time) ([]jo
 		if !s.mayRefetchFor(kid, now) {
 			return nil, fmt.Errorf("%w: unknown key %q", ErrInvalid, kid)
 		}
-		s.fetchShared(ctx)
+		s.fetchSince(ctx, now) // a fetch begun before the key was seen may not have it
 		if keys := s.cur.Load().keys(kid); len(keys) > 0 {
 			return keys, nil
 		}
@@ -190,17 +190,35 @@ func (s *keySource) mayRefetchFor(kid string, now time.Time) bool {
 // fetchShared fetches the set, or waits for the fetch in flight: one
 // fetch, however many callers, each told how it went.
 func (s *keySource) fetchShared(ctx context.Context) error {
+	_, err := s.fetchJoined(ctx)
+	return err
+}
+
+// fetchSince is fetchShared for a caller that needs a fetch begun at or
+// after t (a key ID first seen at t): joining one begun before, it
+// fetches again.
+func (s *keySource) fetchSince(ctx context.Context, t time.Time) error {
+	started, err := s.fetchJoined(ctx)
+	if err == nil && started.Before(t) {
+		_, err = s.fetchJoined(ctx)
+	}
+	return err
+}
+
+// fetchJoined is fetchShared that also says when the fetch it waited
+// for began.
+func (s *keySource) fetchJoined(ctx context.Context) (time.Time, error) {
 	s.mu.Lock()
 	if f := s.flight; f != nil {
 		s.mu.Unlock()
 		select {
 		case <-f.done:
-			return f.err
+			return f.started, f.err
 		case <-ctx.Done():
-			return ctx.Err()
+			return f.started, ctx.Err()
 		}
 	}
-	f := &flight{done: make(chan struct{})}
+	f := &flight{done: make(chan struct{}), started: s.cfg.Now()}
 	s.flight = f
 	s.mu.Unlock()
 	f.err = s.fetch(context.WithoutCancel(ctx)) // a caller giving up does not cancel it for the others
@@ -208,13 +226,14 @@ func (s *keySource) fetchShared(ctx context.Context) error {
 	s.flight = nil
 	s.mu.Unlock()
 	close(f.done)
-	return f.err
+	return f.started, f.err
 }
 
 // flight is a fetch in progress; err is set before done is closed.
 type flight struct {
-	done chan struct{}
-	err  error
+	done    chan struct{}
+	started time.Time
+	err     error
 }
 
 // fetch gets the set through the provider's Fetcher and makes it the
