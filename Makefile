@@ -7,8 +7,9 @@
 #   make test    go vet, every test with the race detector, then every fuzz
 #                target for a few seconds (what CI runs); builds the pinned
 #                Consul the integration tests start, once
-#   make chromium  install Debian's chromium, which the dashboard's browser test
-#                  drives, unless one is on the PATH (apt-get; sudo when not root)
+#   make chromium  install Debian's chromium and curl, which the dashboard's
+#                  browser test and the quick start's test use, unless they are
+#                  on the PATH (apt-get; sudo when not root)
 #   make bench   the Go benchmarks
 #   make fuzz    every fuzz target, each for FUZZTIME (default 100000x:
 #                a count of executions; FUZZTIME=30s also works)
@@ -57,12 +58,14 @@ $(CONSUL): deploy/tools/go.mod deploy/tools/go.sum
 	cd deploy/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(abspath $(CONSUL)) github.com/hashicorp/consul
 
 # Chromium for the admin dashboard's test in a real browser
-# (sidecar/dashboard_test.go): Debian's package, installed only when no
-# chromium is on the PATH.
+# (sidecar/dashboard_test.go), and curl for the README quick start's test
+# (examples/quickstart): Debian's packages, installed only when missing
+# from the PATH.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=; for p in chromium curl; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	[ -z "$$missing" ] || { \
 		sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
-		$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+		$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	}
 
 bench:
