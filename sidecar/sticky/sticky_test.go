@@ -1,6 +1,7 @@
 package sticky_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -324,30 +325,58 @@ func TestNewEdgeLearnsTheTable(t *testing.T) {
 func TestSkewedClocksExpireNothingEarly(t *testing.T) {
 	apps := startBackends(t, 3)
 	p := newPool(t, "{ mode: header, header: X-User, idle_timeout: 3s, absolute_timeout: 6s }", apps)
-	a := p.add(func() time.Time { return time.Now().Add(-2 * time.Second) })
-	b := p.add(func() time.Time { return time.Now().Add(2 * time.Second) })
-	c := p.add(nil)
+	// Every edge's wall clock is the test's: elapsed time is advanced, not
+	// waited for, and A's runs 2 s behind, B's 2 s ahead.
+	var elapsed atomic.Int64
+	clock := func(skew time.Duration) func() time.Time {
+		return func() time.Time { return time.Now().Add(time.Duration(elapsed.Load()) + skew) }
+	}
+	advance := func(d time.Duration) { elapsed.Add(int64(d)) }
+	var a, b, c *edgeNode
+	// liveOnB waits until B's copy of the table holds both sessions as
+	// live (by their deadlines, read with B's clock): time is advanced
+	// at once, faster than gossip carries the refreshes C writes.
+	liveOnB := func(at string) {
+		t.Helper()
+		meshtest.WaitFor(t, 5*time.Second, "B to hold both sessions live "+at, func() bool {
+			var st struct {
+				Routes []struct {
+					PerEndpoint map[string]int `json:"per_endpoint"`
+				} `json:"routes"`
+			}
+			if json.Unmarshal([]byte(fetch(t, b.admin, "/sticky")), &st) != nil || len(st.Routes) != 1 {
+				return false
+			}
+			n := 0
+			for _, c := range st.Routes[0].PerEndpoint {
+				n += c
+			}
+			return n == 2
+		})
+	}
+	a, b, c = p.add(clock(-2*time.Second)), p.add(clock(2*time.Second)), p.add(clock(0))
 	cl := newClient(t)
 	idle, abs := header(1), header(2)
-	began := time.Now()
 	firstIdle, firstAbs := cl.mustGet(a, idle), cl.mustGet(a, abs)
 	p.known(2)
 	// Idle: unused for 2.5 s of its 3 s, read through B, to which it
 	// looks 6.5 s idle.
-	time.Sleep(2500*time.Millisecond - time.Since(began)) // the delay under test
+	advance(2500 * time.Millisecond)
+	liveOnB("at 2.5 s")
 	if got := cl.mustGet(b, idle); got != firstIdle {
 		t.Fatalf("2.5 s idle through B: %s, the session is on %s", got, firstIdle)
 	}
-	// Absolute: kept in use through C, then read through B at 5 s of its
-	// 6 s, when it looks 9 s old there.
-	for time.Since(began) < 5*time.Second {
+	// Absolute: kept in use through C every second, then read through B
+	// at 5 s of its 6 s, when it looks 9 s old there.
+	for at := 2500 * time.Millisecond; at < 5*time.Second; at += time.Second {
 		if got := cl.mustGet(c, abs); got != firstAbs {
-			t.Fatalf("%v after it began, through C: %s, the session is on %s", time.Since(began).Round(time.Millisecond), got, firstAbs)
+			t.Fatalf("%v after it began, through C: %s, the session is on %s", at, got, firstAbs)
 		}
-		time.Sleep(time.Second) // the delay under test: keeps the session in use
+		advance(time.Second)
 	}
+	liveOnB("at 5.5 s")
 	if got := cl.mustGet(b, abs); got != firstAbs {
-		t.Fatalf("5 s old through B: %s, the session is on %s", got, firstAbs)
+		t.Fatalf("5.5 s old through B: %s, the session is on %s", got, firstAbs)
 	}
 	for _, e := range []*edgeNode{b, c} {
 		if st := e.sc.Sticky()[0]; st.Created != 0 || st.Misses != 0 {
