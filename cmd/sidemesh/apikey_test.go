@@ -29,16 +29,14 @@ func TestAPIKeyRevocationAcrossEdges(t *testing.T) {
 		seen <- fmt.Sprintf("uri=%s key=%q consumer=%q", r.RequestURI, r.Header.Get("X-Api-Key"), r.Header.Get("X-Consumer"))
 		io.WriteString(w, "ok")
 	})
-	var edges []*stickyEdge
+	var edges []*edgeProc
 	for _, name := range []string{"a", "b", "c"} {
-		e := &stickyEdge{name: name, listen: meshtest.FreeAddr(t), admin: meshtest.FreeAddr(t), gossip: meshtest.FreeAddr(t)}
-		join := "[]"
+		seed := ""
 		if len(edges) > 0 {
-			join = "[" + edges[0].gossip + "]"
+			seed = edges[0].gossip
 		}
-		e.proc = startSidemesh(t, fmt.Sprintf(`
+		edges = append(edges, startEdgeProc(t, name, seed, gossipKey, fmt.Sprintf(`
 edge:
-  listeners: [{ listen: %s }]
   api_keys: [{ name: partners, file: %s, query: api_key }]
   routes:
     - name: api
@@ -46,12 +44,8 @@ edge:
       auth: { api_key: partners, forward_claims: { id: X-Consumer } }
       backends: [{ service: app }]
 upstreams: [{ service: app, endpoints: [{ address: 127.0.0.1:%d }] }]
-admin: { listen: %s }
 telemetry: { access_log: %s }
-discovery: { gossip: { bind: %s, join: %s, key_file: %s, profile: local, node_name: %s } }
-drain_timeout: 1s
-`, e.listen, keys, app.port, e.admin, filepath.Join(dir, name+".access.log"), e.gossip, join, gossipKey, name))
-		edges = append(edges, e)
+`, keys, app.port, filepath.Join(dir, "{name}.access.log"))))
 	}
 	meshtest.WaitFor(t, 20*time.Second, "three edges in the pool", func() bool {
 		resp, err := http.Get("http://" + edges[0].admin + "/members")
@@ -63,7 +57,7 @@ drain_timeout: 1s
 		return strings.Count(string(b), `"state": "alive"`) == 3
 	})
 	c := newClient()
-	call := func(e *stickyEdge, target, key string) int {
+	call := func(e *edgeProc, target, key string) int {
 		req, _ := http.NewRequest("GET", "http://"+e.listen+target, nil)
 		if key != "" {
 			req.Header.Set("X-Api-Key", key)
@@ -130,29 +124,18 @@ func TestAPIKeysFailClosedWhenCutOff(t *testing.T) {
 	gossipKey := keygen(t, dir, "gossip.key")
 	keys := writeFile(t, dir, "partners.keys", "- { id: acme, key: acme-0123456789abcdef }\n")
 	app := startBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	start := func(name, seed string) *stickyEdge {
-		e := &stickyEdge{name: name, listen: meshtest.FreeAddr(t), admin: meshtest.FreeAddr(t), gossip: meshtest.FreeAddr(t)}
-		join := "[]"
-		if seed != "" {
-			join = "[" + seed + "]"
-		}
-		e.proc = startSidemesh(t, fmt.Sprintf(`
+	cfg := fmt.Sprintf(`
 edge:
-  listeners: [{ listen: %s }]
   api_keys: [{ name: partners, file: %s, max_isolation: 2s }]
   routes:
     - { name: api, matches: [{ path: { prefix: /api } }], auth: { api_key: partners }, backends: [{ service: app }] }
 upstreams: [{ service: app, endpoints: [{ address: 127.0.0.1:%d }] }]
-admin: { listen: %s }
-discovery: { gossip: { bind: %s, join: %s, key_file: %s, profile: local, node_name: %s } }
-drain_timeout: 1s
-`, e.listen, keys, app.port, e.admin, e.gossip, join, gossipKey, name))
-		return e
-	}
+`, keys, app.port)
+	start := func(name, seed string) *edgeProc { return startEdgeProc(t, name, seed, gossipKey, cfg) }
 	a := start("a", "")
 	b, c := start("b", a.gossip), start("c", a.gossip)
 	client := newClient()
-	call := func(e *stickyEdge) int {
+	call := func(e *edgeProc) int {
 		req, _ := http.NewRequest("GET", "http://"+e.listen+"/api/x", nil)
 		req.Header.Set("X-Api-Key", "acme-0123456789abcdef")
 		resp, err := client.Do(req)
@@ -163,7 +146,7 @@ drain_timeout: 1s
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	metric := func(e *stickyEdge) string {
+	metric := func(e *edgeProc) string {
 		resp, err := http.Get("http://" + e.admin + "/metrics")
 		if err != nil {
 			t.Fatal(err)

@@ -13,15 +13,9 @@ import (
 	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
-// stickyEdge is one edge process of the sticky test.
-type stickyEdge struct {
-	name, listen, admin, gossip string
-	proc                        *process
-}
-
 // sessions returns how many sessions of route shop the edge's /sticky
 // reports it holds.
-func (e *stickyEdge) sessions() (int, error) {
+func (e *edgeProc) sessions() (int, error) {
 	resp, err := http.Get("http://" + e.admin + "/sticky")
 	if err != nil {
 		return 0, err
@@ -56,16 +50,14 @@ func TestStickySessionsSurviveAKilledEdge(t *testing.T) {
 		b := startBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })
 		eps = append(eps, fmt.Sprintf("{ address: 127.0.0.1:%d }", b.port))
 	}
-	var edges []*stickyEdge
+	var edges []*edgeProc
 	for _, name := range []string{"a", "b", "c"} {
-		e := &stickyEdge{name: name, listen: meshtest.FreeAddr(t), admin: meshtest.FreeAddr(t), gossip: meshtest.FreeAddr(t)}
-		join := "[]"
+		seed := ""
 		if len(edges) > 0 {
-			join = "[" + edges[0].gossip + "]"
+			seed = edges[0].gossip
 		}
-		e.proc = startSidemesh(t, fmt.Sprintf(`
+		edges = append(edges, startEdgeProc(t, name, seed, gossipKey, fmt.Sprintf(`
 edge:
-  listeners: [{ listen: %s }]
   sticky: { key_file: %s }
   routes:
     - name: shop
@@ -74,16 +66,12 @@ edge:
       backends: [{ service: app }]
 upstreams:
   - { service: app, endpoints: [%s] }
-admin: { listen: %s }
-discovery: { gossip: { bind: %s, join: %s, key_file: %s, profile: local, node_name: %s } }
-drain_timeout: 1s
-`, e.listen, stickyKey, strings.Join(eps, ", "), e.admin, e.gossip, join, gossipKey, name))
-		edges = append(edges, e)
+`, stickyKey, strings.Join(eps, ", "))))
 	}
 
 	const n = 1000
 	c := newClient()
-	ask := func(e *stickyEdge, user int) (string, error) {
+	ask := func(e *edgeProc, user int) (string, error) {
 		req, _ := http.NewRequest("GET", "http://"+e.listen+"/shop/cart", nil)
 		req.Header.Set("X-User", fmt.Sprintf("user-%d", user))
 		resp, err := c.Do(req)
@@ -99,7 +87,7 @@ drain_timeout: 1s
 	}
 	// each sends one request per session through pick(user), eight at a
 	// time, and returns where each went.
-	each := func(pick func(user int) *stickyEdge) []string {
+	each := func(pick func(user int) *edgeProc) []string {
 		out := make([]string, n)
 		var wg sync.WaitGroup
 		var mu sync.Mutex
@@ -129,7 +117,7 @@ drain_timeout: 1s
 		return out
 	}
 
-	where := each(func(u int) *stickyEdge { return edges[u%3] })
+	where := each(func(u int) *edgeProc { return edges[u%3] })
 	spread := map[string]int{}
 	for _, w := range where {
 		spread[w]++
@@ -144,7 +132,7 @@ drain_timeout: 1s
 	edges[0].proc.wait(t, 10*time.Second)
 	check := func(when string) {
 		t.Helper()
-		got := each(func(u int) *stickyEdge { return edges[1+u%2] })
+		got := each(func(u int) *edgeProc { return edges[1+u%2] })
 		kept := 0
 		for u := range n {
 			if got[u] == where[u] {

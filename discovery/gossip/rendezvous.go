@@ -1,6 +1,9 @@
 package gossip
 
-import "slices"
+import (
+	"cmp"
+	"slices"
+)
 
 // Rank orders nodes by rendezvous (highest random weight) hashing of
 // key: every member that knows the same nodes ranks them the same way,
@@ -8,17 +11,19 @@ import "slices"
 // first. Use it to choose a key's owner among members (Rank(...)[0]).
 // It returns a new slice.
 func Rank(key string, nodes []string) []string {
-	out := slices.Clone(nodes)
-	slices.SortFunc(out, func(a, b string) int {
-		sa, sb := RendezvousScore(a, key), RendezvousScore(b, key)
-		switch {
-		case sa > sb:
-			return -1
-		case sa < sb:
-			return 1
-		}
-		return 0
-	})
+	type scored struct {
+		node  string
+		score uint64
+	}
+	ss := make([]scored, len(nodes))
+	for i, n := range nodes {
+		ss[i] = scored{n, RendezvousScore(n, key)}
+	}
+	slices.SortFunc(ss, func(a, b scored) int { return cmp.Compare(b.score, a.score) })
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = s.node
+	}
 	return out
 }
 

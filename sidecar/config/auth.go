@@ -112,14 +112,7 @@ func (v *validator) jwtProviders(e *Edge) {
 	for i := range e.JWTProviders {
 		p := &e.JWTProviders[i]
 		path := fmt.Sprintf("edge.jwt_providers[%d]", i)
-		switch prev, dup := names[p.Name]; {
-		case p.Name == "":
-			v.errorf(path+".name", "required: routes name the provider by it")
-		case dup:
-			v.errorf(path+".name", "%s is also the name of edge.jwt_providers[%d]", quote(p.Name), prev)
-		default:
-			names[p.Name] = i
-		}
+		v.uniqueName(names, "edge.jwt_providers", i, p.Name, "the provider")
 		switch {
 		case (p.JWKSURL == "") == (p.JWKSFile == ""):
 			v.errorf(path, "exactly one of jwks_url and jwks_file: where the provider's public keys are")
@@ -176,20 +169,28 @@ func (v *validator) jwtProviders(e *Edge) {
 	}
 }
 
+// uniqueName checks the name of entry i of the list at list, which
+// routes refer to as what: required, and unlike the names before it,
+// which names maps to their index (it adds this one).
+func (v *validator) uniqueName(names map[string]int, list string, i int, name, what string) {
+	path := fmt.Sprintf("%s[%d].name", list, i)
+	switch prev, dup := names[name]; {
+	case name == "":
+		v.errorf(path, "required: routes name %s by it", what)
+	case dup:
+		v.errorf(path, "%s is also the name of %s[%d]", quote(name), list, prev)
+	default:
+		names[name] = i
+	}
+}
+
 // apiKeySets checks the edge's API key sets.
 func (v *validator) apiKeySets(e *Edge) {
 	names := map[string]int{}
 	for i := range e.APIKeys {
 		k := &e.APIKeys[i]
 		path := fmt.Sprintf("edge.api_keys[%d]", i)
-		switch prev, dup := names[k.Name]; {
-		case k.Name == "":
-			v.errorf(path+".name", "required: routes name the key set by it")
-		case dup:
-			v.errorf(path+".name", "%s is also the name of edge.api_keys[%d]", quote(k.Name), prev)
-		default:
-			names[k.Name] = i
-		}
+		v.uniqueName(names, "edge.api_keys", i, k.Name, "the key set")
 		if k.File == "" {
 			v.errorf(path+".file", "required: the file that lists the keys")
 		}

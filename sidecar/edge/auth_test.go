@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -132,12 +131,7 @@ admin: { listen: %s }
 		return nil
 	})
 
-	resp, err := http.Get("http://" + adminLn.Addr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	metrics, _ := io.ReadAll(resp.Body)
+	metrics := scrape(t, adminLn.Addr().String())
 	for _, re := range []string{
 		`sidemesh_jwt_keys_age_seconds\{[^}]*sidemesh_jwt_provider="idp"[^}]*\} [0-9.e+-]+\n`,
 		`sidemesh_jwt_keys_fetches_total\{[^}]*sidemesh_jwt_provider="idp"[^}]*sidemesh_result="ok"[^}]*\} [1-9]`,

@@ -166,3 +166,15 @@ func startSlowBackend(t *testing.T, release chan struct{}) *slowBackend {
 	s.addr = ln.Addr().String()
 	return s
 }
+
+// scrape returns the /metrics page of the admin listener at addr.
+func scrape(t *testing.T, addr string) []byte {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return b
+}

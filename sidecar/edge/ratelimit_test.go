@@ -3,7 +3,6 @@ package edge_test
 import (
 	"fmt"
 	"io"
-	"net/http"
 	"regexp"
 	"strings"
 	"sync"
@@ -83,12 +82,7 @@ admin: { listen: %s }
 		t.Errorf("per-key limit of 2: %v, want [200 200 429 200 200]", got)
 	}
 
-	resp, err := http.Get("http://" + adminLn.Addr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	metrics, _ := io.ReadAll(resp.Body)
+	metrics := scrape(t, adminLn.Addr().String())
 	for _, re := range []string{
 		`sidemesh_ratelimit_requests_total\{[^}]*sidemesh_ratelimit_decision="allowed"[^}]*sidemesh_ratelimit_name="client_ip",sidemesh_route="api"[^}]*\} 100\n`,
 		`sidemesh_ratelimit_requests_total\{[^}]*sidemesh_ratelimit_decision="refused"[^}]*sidemesh_ratelimit_name="client_ip",sidemesh_route="api"[^}]*\} 400\n`,

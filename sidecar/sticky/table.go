@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -322,27 +323,9 @@ func (t *Table) owners(k string) []string {
 	if t.peers == nil {
 		return nil
 	}
-	type ranked struct {
-		node  string
-		score uint64
-	}
-	var top [Owners]ranked
-	for _, node := range t.Owners() {
-		c := ranked{node, gossip.RendezvousScore(node, k)}
-		for i := range top {
-			if top[i].node == "" || c.score > top[i].score {
-				c, top[i] = top[i], c
-			}
-		}
-	}
-	self := t.peers.Name()
-	out := make([]string, 0, Owners)
-	for _, o := range top {
-		if o.node != "" && o.node != self {
-			out = append(out, o.node)
-		}
-	}
-	return out
+	ranked := gossip.Rank(k, t.Owners())
+	ranked = ranked[:min(Owners, len(ranked))]
+	return slices.DeleteFunc(ranked, func(n string) bool { return n == t.peers.Name() })
 }
 
 // live reports whether s has not passed either deadline, give or take
