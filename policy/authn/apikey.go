@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +28,9 @@ type APIKey struct {
 	// Metadata is forwarded to nothing by default; routes may forward
 	// the ID.
 	Metadata map[string]string `yaml:"metadata"`
+	// Principal names the key's holder in logs and spans,
+	// "apikey:<set>:<id>"; set by the KeySet.
+	Principal string `yaml:"-"`
 }
 
 // keyFileEntry is one entry of a key file: the key in the clear (key)
@@ -45,6 +50,7 @@ type keyFileEntry struct {
 type KeySet struct {
 	name, file string
 	secret     [32]byte
+	hmacs      sync.Pool // of HMAC-SHA256 under secret: creating one allocates
 	keys       atomic.Pointer[map[[32]byte]*APIKey]
 	ids        atomic.Pointer[[]*APIKey]
 	revoked    atomic.Pointer[map[string]struct{}]
@@ -57,6 +63,7 @@ func LoadKeySet(name, file string) (*KeySet, error) {
 	if _, err := rand.Read(ks.secret[:]); err != nil {
 		return nil, err
 	}
+	ks.hmacs.New = func() any { return hmac.New(sha256.New, ks.secret[:]) }
 	if err := ks.Reload(); err != nil {
 		return nil, err
 	}
@@ -102,6 +109,7 @@ func (ks *KeySet) Reload() error {
 		}
 		seen[e.ID] = true
 		k := e.APIKey
+		k.Principal = "apikey:" + ks.name + ":" + k.ID
 		keys[ks.keyed(digest)] = &k
 		ids = append(ids, &k)
 	}
@@ -113,10 +121,12 @@ func (ks *KeySet) Reload() error {
 
 // keyed returns the set's HMAC of a key's SHA-256.
 func (ks *KeySet) keyed(digest [32]byte) [32]byte {
-	m := hmac.New(sha256.New, ks.secret[:])
+	m := ks.hmacs.Get().(hash.Hash)
+	m.Reset()
 	m.Write(digest[:])
 	var out [32]byte
 	m.Sum(out[:0])
+	ks.hmacs.Put(m)
 	return out
 }
 

@@ -45,6 +45,8 @@ var (
 type Principal struct {
 	// Provider is the name of the provider that verified the token.
 	Provider string
+	// ID names the caller in logs and spans: "jwt:<provider>:<subject>".
+	ID string
 	// Subject is the token's "sub" claim.
 	Subject string
 	// Claims are all of the token's claims, as JSON decodes them.
@@ -248,7 +250,7 @@ func (p *Provider) Verify(ctx context.Context, token string) (*Principal, error)
 	if err := std.ValidateWithLeeway(exp, p.cfg.ClockSkew); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	pr := &Principal{Provider: p.cfg.Name, Subject: std.Subject, Claims: all, Expiry: std.Expiry.Time()}
+	pr := &Principal{Provider: p.cfg.Name, ID: "jwt:" + p.cfg.Name + ":" + std.Subject, Subject: std.Subject, Claims: all, Expiry: std.Expiry.Time()}
 	p.cache.put(sum, pr, pr.Expiry.Add(p.cfg.ClockSkew))
 	return pr, nil
 }

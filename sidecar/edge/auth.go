@@ -48,7 +48,7 @@ func AuthFilter(v Verifier, from config.TokenSource, a *config.RouteAuth) pipeli
 			return e
 		}
 		if info := pipeline.InfoFrom(r.Context()); info != nil {
-			info.Principal = "jwt:" + p.Provider + ":" + p.Subject
+			info.Principal = p.ID
 		}
 		if missing := lacks(p, a.Require); missing != "" {
 			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="sidemesh", error="insufficient_scope", scope=%q`, strings.Join(a.Require.Scopes, " ")))
@@ -201,7 +201,7 @@ func APIKeyFilter(ks KeyVerifier, set config.APIKeySet, a *config.RouteAuth, now
 			return e
 		}
 		if info := pipeline.InfoFrom(r.Context()); info != nil {
-			info.Principal = "apikey:" + ks.Name() + ":" + k.ID
+			info.Principal = k.Principal
 		}
 		for field, h := range a.ForwardClaims {
 			r.Header.Del(h)

@@ -21,13 +21,14 @@ type RouteLimit struct {
 	Route string
 	Cfg   config.RateLimit
 	*ratelimit.Limiter
+	quoted string // the name as the RateLimit headers write it
 
 	allowed, refused, shadowRefused atomic.Uint64
 }
 
 // NewRouteLimit returns the limit cfg of route, with empty buckets.
 func NewRouteLimit(route string, cfg config.RateLimit) *RouteLimit {
-	return &RouteLimit{Route: route, Cfg: cfg, Limiter: ratelimit.New(cfg.Bucket(), cfg.MaxKeys, nil)}
+	return &RouteLimit{Route: route, Cfg: cfg, Limiter: ratelimit.New(cfg.Bucket(), cfg.MaxKeys, nil), quoted: strconv.Quote(cfg.LimitName())}
 }
 
 // LimitStats are what a limit decided, and its keys.
@@ -61,7 +62,7 @@ func RateLimitFilter(limits []*RouteLimit) pipeline.Filter {
 	policy := make([]string, len(limits))
 	for i, l := range limits {
 		b := l.Cfg.Bucket()
-		policy[i] = fmt.Sprintf("%q;q=%d;w=%d", l.Cfg.LimitName(), b.Burst, int(math.Ceil(float64(b.Burst)/b.Rate)))
+		policy[i] = fmt.Sprintf("%s;q=%d;w=%d", l.quoted, b.Burst, int(math.Ceil(float64(b.Burst)/b.Rate)))
 	}
 	policyHeader := strings.Join(policy, ", ")
 	return pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
@@ -90,7 +91,11 @@ func RateLimitFilter(limits []*RouteLimit) pipeline.Filter {
 		h := w.Header()
 		h.Set("RateLimit-Policy", policyHeader)
 		if tightest != nil {
-			h.Set("RateLimit", fmt.Sprintf("%q;r=%d;t=%d", tightest.Cfg.LimitName(), least.Remaining, ceilSeconds(least.Reset)))
+			v := make([]byte, 0, len(tightest.quoted)+24)
+			v = append(v, tightest.quoted...)
+			v = strconv.AppendInt(append(v, ";r="...), int64(least.Remaining), 10)
+			v = strconv.AppendInt(append(v, ";t="...), int64(ceilSeconds(least.Reset)), 10)
+			h.Set("RateLimit", string(v))
 		}
 		if refused {
 			h.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(retry))))
