@@ -28,7 +28,7 @@ func (s *Sidecar) loadKeySets(cfg *config.Config) (map[string]*keySet, error) {
 		return next, nil
 	}
 	for _, kc := range cfg.Edge.APIKeys {
-		if old := s.keySets[kc.Name]; old != nil && reflect.DeepEqual(old.cfg, kc) {
+		if old := loaded(&s.keySets)[kc.Name]; old != nil && reflect.DeepEqual(old.cfg, kc) {
 			if err := old.ks.Reload(); err != nil {
 				return nil, fmt.Errorf("edge.api_keys %s: %w", kc.Name, err)
 			}
@@ -47,8 +47,7 @@ func (s *Sidecar) loadKeySets(cfg *config.Config) (map[string]*keySet, error) {
 // useKeySets makes next the key sets in use, with the revocations the
 // pool holds.
 func (s *Sidecar) useKeySets(next map[string]*keySet) {
-	s.keySets = next
-	s.keySetsView.Store(&next)
+	s.keySets.Store(&next)
 	s.revoked.refresh()
 }
 
@@ -62,10 +61,8 @@ func (s *Sidecar) applyRevoked(names []string) {
 			bySet[set] = append(bySet[set], id)
 		}
 	}
-	if view := s.keySetsView.Load(); view != nil {
-		for name, k := range *view {
-			k.ks.SetRevoked(bySet[name])
-		}
+	for name, k := range loaded(&s.keySets) {
+		k.ks.SetRevoked(bySet[name])
 	}
 }
 
@@ -74,8 +71,7 @@ func (s *Sidecar) applyRevoked(names []string) {
 // moments (about a second on a LAN), also after this one exits; without
 // one, this process does, until it exits.
 func (s *Sidecar) RevokeAPIKey(set, id string, on bool) error {
-	view := s.keySetsView.Load()
-	if view == nil || (*view)[set] == nil {
+	if loaded(&s.keySets)[set] == nil {
 		return fmt.Errorf("revoke: no API key set is named %q", set)
 	}
 	if id == "" || strings.Contains(id, "/") {
@@ -99,12 +95,8 @@ type APIKeySetState struct {
 
 // APIKeySets returns the edge's API key sets. It takes no lock.
 func (s *Sidecar) APIKeySets() []APIKeySetState {
-	view := s.keySetsView.Load()
-	if view == nil {
-		return nil
-	}
 	var out []APIKeySetState
-	for name, k := range *view {
+	for name, k := range loaded(&s.keySets) {
 		st := APIKeySetState{Name: name, Keys: k.ks.Keys(), Revoked: map[string]bool{}}
 		for _, key := range st.Keys {
 			if k.ks.Revoked(key.ID) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	"github.com/sidemesh/sidemesh/policy/authn"
@@ -37,7 +38,7 @@ func (s *Sidecar) loadJWTProviders(cfg *config.Config) (map[string]*jwtProvider,
 		return next, nil
 	}
 	for _, pc := range cfg.Edge.JWTProviders {
-		if old := s.jwt[pc.Name]; old != nil && reflect.DeepEqual(old.cfg, pc) {
+		if old := loaded(&s.jwt)[pc.Name]; old != nil && reflect.DeepEqual(old.cfg, pc) {
 			if err := old.p.Reload(); err != nil {
 				return nil, fmt.Errorf("edge.jwt_providers %s: %w", pc.Name, err)
 			}
@@ -73,23 +74,22 @@ func (s *Sidecar) startJWTProviders(next map[string]*jwtProvider) {
 			jp.p.Start(ctx)
 		}
 	}
-	for name, old := range s.jwt {
+	for name, old := range loaded(&s.jwt) {
 		if next[name] != old {
 			old.cancel()
 		}
 	}
-	s.jwt = next
-	s.jwtView.Store(&next)
+	s.jwt.Store(&next)
 }
 
 // authFilter returns the authentication filter of route rc, over the
 // JWT providers and API key sets of the config being applied.
 func (s *Sidecar) authFilter(rc *config.Route) pipeline.Filter {
 	if rc.Auth.APIKey != "" {
-		k := s.keySets[rc.Auth.APIKey] // validated: it exists
+		k := loaded(&s.keySets)[rc.Auth.APIKey] // validated: it exists
 		return edge.APIKeyFilter(k.ks, k.cfg, rc.Auth, s.clock, s.IsolatedFor)
 	}
-	jp := s.jwt[rc.Auth.JWT] // validated: it exists
+	jp := loaded(&s.jwt)[rc.Auth.JWT] // validated: it exists
 	return edge.AuthFilter(jp.p, jp.cfg.From, rc.Auth)
 }
 
@@ -97,10 +97,8 @@ func (s *Sidecar) authFilter(rc *config.Route) pipeline.Filter {
 // no lock: metrics collection calls it, also from Shutdown.
 func (s *Sidecar) JWTProviders() map[string]authn.Stats {
 	out := map[string]authn.Stats{}
-	if view := s.jwtView.Load(); view != nil {
-		for name, jp := range *view {
-			out[name] = jp.p.Stats()
-		}
+	for name, jp := range loaded(&s.jwt) {
+		out[name] = jp.p.Stats()
 	}
 	return out
 }
@@ -116,7 +114,7 @@ func (s *Sidecar) routeLimits(cfg *config.Config) map[string][]*edge.RouteLimit 
 		for _, rc := range cfg.Edge.Routes {
 			for _, lc := range rc.RateLimits {
 				id := rc.Name + "\x00" + lc.LimitName()
-				l := s.limits[id]
+				l := loaded(&s.limits)[id]
 				if l == nil || !reflect.DeepEqual(l.Cfg, lc) {
 					l = edge.NewRouteLimit(rc.Name, lc)
 				}
@@ -125,22 +123,23 @@ func (s *Sidecar) routeLimits(cfg *config.Config) map[string][]*edge.RouteLimit 
 			}
 		}
 	}
-	s.limits = next
-	view := make([]*edge.RouteLimit, 0, len(next))
-	for _, l := range next {
-		view = append(view, l)
-	}
-	s.limitsView.Store(&view)
+	s.limits.Store(&next)
 	return out
 }
 
 // RateLimits returns what each rate limit decided. It takes no lock.
 func (s *Sidecar) RateLimits() []edge.LimitStats {
 	var out []edge.LimitStats
-	if view := s.limitsView.Load(); view != nil {
-		for _, l := range *view {
-			out = append(out, l.Stats())
-		}
+	for _, l := range loaded(&s.limits) {
+		out = append(out, l.Stats())
 	}
 	return out
+}
+
+// loaded returns the map p points to; nil before the first Store.
+func loaded[M ~map[K]V, K comparable, V any](p *atomic.Pointer[M]) M {
+	if m := p.Load(); m != nil {
+		return *m
+	}
+	return nil
 }

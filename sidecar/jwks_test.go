@@ -126,7 +126,7 @@ discovery: { gossip: { bind: %s, join: %s, key_file: %s, profile: local, node_na
 		before := fetches.Load()
 		if code := call(i, sign(kid)); code != 200 {
 			for j, e := range edges {
-				t.Logf("edge-%d: %+v, owner %s", j, e.JWTProviders()["idp"], e.jwt["idp"].shared.owner())
+				t.Logf("edge-%d: %+v, owner %s", j, e.JWTProviders()["idp"], loaded(&e.jwt)["idp"].shared.owner())
 			}
 			t.Fatalf("edge-%d, first token of %s: %d (%d fetches since the rotation)", i, kid, code, fetches.Load()-before)
 		}

@@ -64,14 +64,14 @@ type Sidecar struct {
 	// variants are upstreams with the balancer an edge route chose, by
 	// variantKey.
 	variants  map[string]*upstream
-	edgeCerts map[string]*edgeCerts   // by listen address
-	jwt       map[string]*jwtProvider // edge.jwt_providers, by name
-	// jwtView is jwt as readers without the mutex see it.
-	jwtView atomic.Pointer[map[string]*jwtProvider]
-	// limits are the edge routes' rate limits, by route and limit name;
-	// limitsView lists them for readers without the mutex.
-	limits     map[string]*edge.RouteLimit
-	limitsView atomic.Pointer[[]*edge.RouteLimit]
+	edgeCerts map[string]*edgeCerts // by listen address
+	// jwt are the edge's JWT providers by name, keySets its API key sets
+	// by name, limits its routes' rate limits by route and limit name:
+	// replaced whole by apply (under mu), read without the mutex by
+	// metrics, the admin API and revocations (see loaded).
+	jwt     atomic.Pointer[map[string]*jwtProvider]
+	keySets atomic.Pointer[map[string]*keySet]
+	limits  atomic.Pointer[map[string]*edge.RouteLimit]
 	// sticky is the session table; nil until a route is sticky. Read
 	// without the mutex by the admin API and metrics.
 	sticky atomic.Pointer[sticky.Table]
@@ -83,14 +83,11 @@ type Sidecar struct {
 	drained balancer.Drained
 	drains  *sharedSet
 	// revoked holds the revoked API key IDs, "<set>/<id>", shared by the
-	// gossip pool; keySets are the edge's API key sets by name, which
-	// revocations apply to (keySetsView for readers without the mutex).
+	// gossip pool.
 	revoked *sharedSet
 	// isolatedSince is when this sidecar was cut off from its gossip
 	// pool (Unix nanoseconds); 0 when it is not (watchIsolation).
 	isolatedSince atomic.Int64
-	keySets       map[string]*keySet
-	keySetsView   atomic.Pointer[map[string]*keySet]
 	local         *upstream
 	sockets       map[string]*listener.Socket // by address
 	servers       map[string]*server          // by address
