@@ -164,11 +164,6 @@ func (ks *KeySet) Revoked(id string) bool {
 	return ok
 }
 
-// Has reports whether the set holds a key with ID id.
-func (ks *KeySet) Has(id string) bool {
-	return slices.ContainsFunc(*ks.ids.Load(), func(k *APIKey) bool { return k.ID == id })
-}
-
 // Keys returns the set's keys, sorted by ID: what the file says of them,
 // never the secrets.
 func (ks *KeySet) Keys() []APIKey {

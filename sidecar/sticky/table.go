@@ -224,9 +224,6 @@ func (r *Route) Stats() Stats {
 	}
 }
 
-// Name returns the route's name.
-func (r *Route) Name() string { return r.name }
-
 // key returns the table key of token under the i-th table key (0: the
 // current one), and a 64-bit hash of it for rendezvous rebinding. The
 // token itself never leaves this function.
