@@ -103,6 +103,11 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
 // encodeEntryMsg returns the broadcast message carrying e.
 func encodeEntryMsg(e *entry) []byte {
 	b := make([]byte, 0, 32+len(e.key)+len(e.owner)+len(e.value))

@@ -19,17 +19,28 @@ import (
 // like every other message, so only members can send them. A sticky
 // session created on one edge is so known to its owner edge before the
 // client gets the response, and another edge asks that owner on a miss
-// instead of waiting for gossip to converge.
+// instead of waiting for gossip to converge. A Call carries an opaque
+// request to a handler another member registered (Handle) and its answer
+// back, for exchanges that are not about one key, such as rate-limit
+// counts.
 //
-//	ask:     msgAsk codecVersion id op from key [entry]   (op push: entry)
-//	answer:  msgAnswer codecVersion id found [entry]      (pull, found: entry)
+//	ask:     msgAsk codecVersion id op from key [entry | payload]  (push: entry; call: payload)
+//	answer:  msgAnswer codecVersion id flags [entry] [payload]     (flags: 1 found, 2 entry, 4 payload)
 const (
 	msgAsk    byte = 4
 	msgAnswer byte = 5
 
 	askPush byte = 1
 	askPull byte = 2
+	askCall byte = 3
 )
+
+// MaxCallPayload is the largest request or answer a Call carries.
+const MaxCallPayload = 64 << 10
+
+// ErrNoHandler is what Call returns when the member called has no
+// handler of that name.
+var ErrNoHandler = errors.New("gossip: no such handler")
 
 // MaxDirectInFlight bounds the direct messages a member has in flight,
 // asked and answered separately: an ask beyond it fails at once with
@@ -53,10 +64,18 @@ type direct struct {
 	asking    chan struct{} // a token per ask in flight
 	answering chan struct{} // a token per answer being sent
 
-	mu      sync.Mutex
-	next    uint64
-	waiting map[uint64]chan *answerMsg
+	mu       sync.Mutex
+	next     uint64
+	waiting  map[uint64]chan *answerMsg
+	handlers map[string]Handler
 }
+
+// A Handler answers the Calls made to one name: from is the calling
+// member, req its request. It runs on its own goroutine, at most
+// MaxDirectInFlight of all of a member's handlers at once, and must
+// return promptly (the caller waits); the answer is at most
+// MaxCallPayload bytes.
+type Handler func(from string, req []byte) []byte
 
 func newDirect(store *Store, name string, log *slog.Logger) *direct {
 	return &direct{
@@ -64,7 +83,38 @@ func newDirect(store *Store, name string, log *slog.Logger) *direct {
 		asking:    make(chan struct{}, MaxDirectInFlight),
 		answering: make(chan struct{}, MaxDirectInFlight),
 		waiting:   make(map[uint64]chan *answerMsg),
+		handlers:  make(map[string]Handler),
 	}
+}
+
+// Handle registers h for the Calls made to name on this member,
+// replacing any handler of that name; a nil h removes it.
+func (p *Pool) Handle(name string, h Handler) {
+	p.direct.mu.Lock()
+	defer p.direct.mu.Unlock()
+	if h == nil {
+		delete(p.direct.handlers, name)
+	} else {
+		p.direct.handlers[name] = h
+	}
+}
+
+// Call sends req to the handler named name on the member named node and
+// returns its answer, or ErrNoHandler when node has none of that name.
+// It fails at once with ErrBusy when MaxDirectInFlight asks are already
+// waiting; ctx bounds the wait.
+func (p *Pool) Call(ctx context.Context, node, name string, req []byte) ([]byte, error) {
+	if len(req) > MaxCallPayload || name == "" || len(name) > MaxKeyLen {
+		return nil, fmt.Errorf("gossip: call %s on %s: request of %d bytes or name %q out of bounds", name, node, len(req), name)
+	}
+	a, err := p.direct.askWith(ctx, node, askCall, name, nil, req)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: call %s on %s: %w", name, node, err)
+	}
+	if !a.found {
+		return nil, fmt.Errorf("gossip: call %s on %s: %w", name, node, ErrNoHandler)
+	}
+	return a.payload, nil
 }
 
 // PushKey sends this member's current version of key to the member
@@ -99,6 +149,11 @@ func (p *Pool) PullKey(ctx context.Context, node, key string) (bool, error) {
 
 // ask sends an ask to node and waits for its answer.
 func (d *direct) ask(ctx context.Context, node string, op byte, key string, e *entry) (*answerMsg, error) {
+	return d.askWith(ctx, node, op, key, e, nil)
+}
+
+// askWith is ask with a call's payload.
+func (d *direct) askWith(ctx context.Context, node string, op byte, key string, e *entry, payload []byte) (*answerMsg, error) {
 	if node == d.name {
 		return nil, errors.New("cannot ask oneself")
 	}
@@ -124,7 +179,7 @@ func (d *direct) ask(ctx context.Context, node string, op byte, key string, e *e
 		d.mu.Unlock()
 	}()
 	sent := make(chan error, 1)
-	go func() { sent <- d.ml.Load().SendReliable(to, encodeAsk(id, op, d.name, key, e)) }() // SendReliable takes no context
+	go func() { sent <- d.ml.Load().SendReliable(to, encodeAsk(id, op, d.name, key, e, payload)) }() // SendReliable takes no context
 	for {
 		select {
 		case err := <-sent:
@@ -179,6 +234,7 @@ func (d *direct) handle(buf []byte) error {
 			return err
 		}
 		a := &answerMsg{id: q.id}
+		var h Handler
 		switch q.op {
 		case askPush:
 			d.store.merge(q.entry)
@@ -187,6 +243,10 @@ func (d *direct) handle(buf []byte) error {
 			if e := d.store.current(q.key); e != nil && !d.store.ownerGone(e) {
 				a.entry, a.found = e, !e.tombstone
 			}
+		case askCall:
+			d.mu.Lock()
+			h = d.handlers[q.key]
+			d.mu.Unlock()
 		}
 		select {
 		case d.answering <- struct{}{}:
@@ -196,6 +256,13 @@ func (d *direct) handle(buf []byte) error {
 		}
 		go func() {
 			defer func() { <-d.answering }()
+			if h != nil {
+				a.found, a.payload = true, h(q.from, q.payload)
+				if len(a.payload) > MaxCallPayload {
+					d.log.Warn("gossip: a handler's answer is too large; answering none", "handler", q.key, "bytes", len(a.payload))
+					a.found, a.payload = false, nil
+				}
+			}
 			to := d.member(q.from)
 			if to == nil {
 				return
@@ -214,28 +281,33 @@ func (d *direct) handle(buf []byte) error {
 func isDirect(buf []byte) bool { return len(buf) > 0 && (buf[0] == msgAsk || buf[0] == msgAnswer) }
 
 type askMsg struct {
-	id    uint64
-	op    byte
-	from  string
-	key   string
-	entry *entry // askPush
+	id      uint64
+	op      byte
+	from    string
+	key     string // a call: the handler's name
+	entry   *entry // askPush
+	payload []byte // askCall
 }
 
 type answerMsg struct {
-	id    uint64
-	found bool
-	entry *entry // askPull, when the answerer has a version
+	id      uint64
+	found   bool   // a call: the handler exists
+	entry   *entry // askPull, when the answerer has a version
+	payload []byte // a call's answer
 }
 
-func encodeAsk(id uint64, op byte, from, key string, e *entry) []byte {
-	b := make([]byte, 0, 64+len(from)+len(key))
+func encodeAsk(id uint64, op byte, from, key string, e *entry, payload []byte) []byte {
+	b := make([]byte, 0, 64+len(from)+len(key)+len(payload))
 	b = append(b, msgAsk, codecVersion)
 	b = binary.AppendUvarint(b, id)
 	b = append(b, op)
 	b = appendString(b, from)
 	b = appendString(b, key)
-	if op == askPush {
+	switch op {
+	case askPush:
 		b = appendEntry(b, e)
+	case askCall:
+		b = appendBytes(b, payload)
 	}
 	return b
 }
@@ -251,6 +323,8 @@ func decodeAsk(buf []byte) (*askMsg, error) {
 		if r.err == nil && q.entry.key != q.key {
 			r.fail(errors.New("pushed entry under another key"))
 		}
+	case q.op == askCall:
+		q.payload = r.bytes("payload", MaxCallPayload)
 	case q.op != askPull:
 		r.fail(fmt.Errorf("unknown ask %d", q.op))
 	}
@@ -264,21 +338,33 @@ func decodeAsk(buf []byte) (*askMsg, error) {
 	return q, nil
 }
 
+// Answer flags.
+const (
+	answerFound   = 1
+	answerEntry   = 2
+	answerPayload = 4
+)
+
 func encodeAnswer(a *answerMsg) []byte {
-	b := make([]byte, 0, 64)
+	b := make([]byte, 0, 64+len(a.payload))
 	b = append(b, msgAnswer, codecVersion)
 	b = binary.AppendUvarint(b, a.id)
-	switch {
-	case a.entry != nil && a.found:
-		b = append(b, 3)
+	var flags byte
+	if a.found {
+		flags |= answerFound
+	}
+	if a.entry != nil {
+		flags |= answerEntry
+	}
+	if a.payload != nil {
+		flags |= answerPayload
+	}
+	b = append(b, flags)
+	if a.entry != nil {
 		b = appendEntry(b, a.entry)
-	case a.entry != nil:
-		b = append(b, 2)
-		b = appendEntry(b, a.entry)
-	case a.found:
-		b = append(b, 1)
-	default:
-		b = append(b, 0)
+	}
+	if a.payload != nil {
+		b = appendBytes(b, a.payload)
 	}
 	return b
 }
@@ -288,12 +374,18 @@ func decodeAnswer(buf []byte) (*answerMsg, error) {
 	r.header(msgAnswer)
 	a := &answerMsg{id: r.uvarint()}
 	flags := r.byte()
-	if r.err == nil && flags > 3 {
+	if r.err == nil && flags > answerFound|answerEntry|answerPayload {
 		r.fail(fmt.Errorf("unknown answer flags %#x", flags))
 	}
-	a.found = flags&1 != 0
-	if r.err == nil && flags&2 != 0 {
+	a.found = flags&answerFound != 0
+	if r.err == nil && flags&answerEntry != 0 {
 		a.entry = r.entry()
+	}
+	if r.err == nil && flags&answerPayload != 0 {
+		a.payload = r.bytes("payload", MaxCallPayload)
+		if a.payload == nil {
+			a.payload = []byte{}
+		}
 	}
 	r.end()
 	if r.err != nil {
