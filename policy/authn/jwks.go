@@ -137,7 +137,21 @@ func (s *keySource) lookup(ctx context.Context, kid string, now time.Time) ([]jo
 		if !s.mayRefetchFor(kid, now) {
 			return nil, fmt.Errorf("%w: unknown key %q", ErrInvalid, kid)
 		}
-		s.fetchSince(ctx, now) // a fetch begun before the key was seen may not have it
+		// A fetch begun before the key ID was seen (one this caller
+		// joined) may not have it: fetch again, but only as the rate
+		// limit allows, so that a flood of unknown IDs joining fetch
+		// after fetch cannot chain them; a key ID no fetch begun since it
+		// was seen looked for is refused without being remembered.
+		started, _ := s.fetchJoined(ctx)
+		if started.Before(now) {
+			if !s.mayRefetchFor(kid, now) {
+				if keys := s.cur.Load().keys(kid); len(keys) > 0 {
+					return keys, nil
+				}
+				return nil, fmt.Errorf("%w: unknown key %q", ErrInvalid, kid)
+			}
+			s.fetchJoined(ctx)
+		}
 		if keys := s.cur.Load().keys(kid); len(keys) > 0 {
 			return keys, nil
 		}
@@ -191,17 +205,6 @@ func (s *keySource) mayRefetchFor(kid string, now time.Time) bool {
 // fetch, however many callers, each told how it went.
 func (s *keySource) fetchShared(ctx context.Context) error {
 	_, err := s.fetchJoined(ctx)
-	return err
-}
-
-// fetchSince is fetchShared for a caller that needs a fetch begun at or
-// after t (a key ID first seen at t): joining one begun before, it
-// fetches again.
-func (s *keySource) fetchSince(ctx context.Context, t time.Time) error {
-	started, err := s.fetchJoined(ctx)
-	if err == nil && started.Before(t) {
-		_, err = s.fetchJoined(ctx)
-	}
 	return err
 }
 
