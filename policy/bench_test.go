@@ -68,6 +68,51 @@ func BenchmarkAuthorize(b *testing.B) {
 	})
 }
 
+// edgeBenchRules is an edge policy in the shape of a real one: per-route
+// allows by claim, subject and API key, a network block, catch-alls.
+func edgeBenchRules() []Rule {
+	var rules []Rule
+	for i := range 20 {
+		route := fmt.Sprintf("route%d", i)
+		rules = append(rules,
+			Rule{Name: route + "-admins", From: []string{"jwt:groups=admin", fmt.Sprintf("jwt:sub=user%d", i)}, To: route, Action: Allow},
+			Rule{Name: route + "-partner", From: []string{fmt.Sprintf("apikey:partners/p%d", i)}, To: route, Action: Allow, Methods: []string{"GET"}},
+			Rule{Name: route + "-office", From: []string{fmt.Sprintf("cidr:10.%d.0.0/16", i)}, To: route, Action: Allow},
+		)
+	}
+	return append(rules,
+		Rule{Name: "orders", From: []string{"jwt:scope=orders.write"}, To: "shop", Action: Allow, Paths: []PathMatch{{Prefix: "/orders/"}}},
+		Rule{Name: "blocked", From: []string{"cidr:203.0.113.0/24"}, To: "*", Action: Deny},
+		Rule{Name: "partners", From: []string{"apikey:partners/*"}, To: "shop", Action: Allow},
+		Rule{Name: "users", From: []string{"jwt:*"}, To: "shop", Action: Allow, Methods: []string{"GET"}},
+		Rule{Name: "deny-all", From: []string{"*"}, To: "*", Action: Deny},
+	)
+}
+
+func BenchmarkAuthorizeEdge(b *testing.B) {
+	p, err := NewPolicy(edgeBenchRules(), Deny)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		req  Request
+	}{
+		{"jwt-scope", edgeGet(alice, "/orders/1")},
+		{"jwt-blocked-network", edgeGet(bob, "/")},
+		{"apikey-set", edgeGet(acmeKey, "/")},
+		{"anonymous-cidr", edgeGet(anon10, "/")},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				p.Authorize(ctx, c.req)
+			}
+		})
+	}
+}
+
 func BenchmarkNormalizePath(b *testing.B) {
 	for _, c := range []struct{ name, path string }{
 		{"clean", "/api/v1/items/42/details"},

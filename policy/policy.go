@@ -6,25 +6,46 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 )
 
-// Source is the caller as proven by mTLS.
+// Source is the caller: as mutual TLS proved it in the mesh, or as an
+// edge route's authentication and the client's address showed it at the
+// edge. A Source is only read; Authorize keeps none of it.
 type Source struct {
 	// Service is the service name from the caller's SPIFFE ID; "" when
-	// the caller is unauthenticated.
+	// the caller has none.
 	Service string
 	// SPIFFE is the caller's full, already validated SPIFFE ID
-	// ("spiffe://mesh.local/ns/default/svc/web"); "" when unauthenticated.
+	// ("spiffe://mesh.local/ns/default/svc/web"); "" when it has none.
 	SPIFFE string
 	// Namespace is the namespace from the SPIFFE ID. Rules do not read it:
 	// they scope namespaces with SPIFFE IDs and patterns.
 	Namespace string
+
+	// JWT reports that the caller presented a verified JWT. Subject is
+	// its "sub" claim and Claims all of its claims, as encoding/json
+	// decodes them (only string and list-of-string values match a rule).
+	// Default false: no token.
+	JWT     bool
+	Subject string
+	Claims  map[string]any
+	// APIKeySet and APIKeyID name the caller's verified API key: the
+	// key set and the key's ID. Both "" when it presented none.
+	APIKeySet, APIKeyID string
+	// Addr is the client's address. It proves nothing: a caller with
+	// only an address is unauthenticated and matches cidr: entries
+	// alone. The zero Addr matches no cidr: entry; an IPv4-mapped IPv6
+	// address matches as its IPv4 address.
+	Addr netip.Addr
 }
 
-// authenticated reports whether the transport proved an identity.
-func (s *Source) authenticated() bool { return s.Service != "" || s.SPIFFE != "" }
+// authenticated reports whether the caller proved an identity.
+func (s *Source) authenticated() bool {
+	return s.Service != "" || s.SPIFFE != "" || s.JWT || s.APIKeySet != ""
+}
 
 // Request is what is authorized: one HTTP request, or one TCP connection
 // (Method, Path and Header left empty: then a rule with a method, path or
@@ -32,7 +53,8 @@ func (s *Source) authenticated() bool { return s.Service != "" || s.SPIFFE != ""
 // which holds for an absent header).
 type Request struct {
 	Source Source
-	// Destination is the service being called: the local service.
+	// Destination is what is being called: the local service in the
+	// mesh, the route's name at the edge.
 	Destination string
 	// Method is the HTTP method as sent ("GET").
 	Method string
@@ -79,14 +101,21 @@ type Policy struct {
 
 // bucket holds the entries of one destination, grouped by source kind so
 // that Authorize visits them in precedence order. Each list is sorted:
-// denies before allows, then in rule order; patterns first by longer
-// prefix.
+// denies before allows, then in rule order; the pattern row (patterns,
+// then edge) first by kind and specificity (see patternOrder).
 type bucket struct {
-	spiffe   map[string][]*entry
+	spiffe   map[string][]*entry    // exact row: SPIFFE IDs
+	subject  map[string][]*entry    // exact row: jwt:sub=
+	apiKey   map[apiKeyRef][]*entry // exact row: apikey:<set>/<id>
 	name     map[string][]*entry
-	patterns []*entry
+	patterns []*entry // pattern row: SPIFFE patterns
+	edge     []*entry // pattern row, after patterns: claims, cidr, key sets, jwt:*
 	any      []*entry
+	cidr     bool // edge holds a cidr entry: unauthenticated callers search it
 }
+
+// apiKeyRef names one API key.
+type apiKeyRef struct{ set, id string }
 
 // entry is one From entry of one rule: a rule with three From entries is
 // three entries, each ranked by its own source kind.
@@ -190,37 +219,58 @@ func buildPolicy(entries []entry, def Action) *Policy {
 		}
 		switch e.src.kind {
 		case sourceSPIFFE:
-			if b.spiffe == nil {
-				b.spiffe = map[string][]*entry{}
-			}
-			b.spiffe[e.src.key] = append(b.spiffe[e.src.key], e)
+			b.spiffe = addTo(b.spiffe, e.src.key, e)
+		case sourceSubject:
+			b.subject = addTo(b.subject, e.src.key, e)
+		case sourceAPIKey:
+			b.apiKey = addTo(b.apiKey, apiKeyRef{e.src.key, e.src.sub}, e)
 		case sourceName:
-			if b.name == nil {
-				b.name = map[string][]*entry{}
-			}
-			b.name[e.src.key] = append(b.name[e.src.key], e)
+			b.name = addTo(b.name, e.src.key, e)
+		case sourceAny:
+			b.any = append(b.any, e)
 		case sourcePattern:
 			b.patterns = append(b.patterns, e)
 		default:
-			b.any = append(b.any, e)
+			b.edge = append(b.edge, e)
+			b.cidr = b.cidr || e.src.kind == sourceCIDR
 		}
 	}
 	for _, b := range p.allBuckets() {
-		for _, l := range b.spiffe {
-			slices.SortStableFunc(l, byAction)
-		}
-		for _, l := range b.name {
-			slices.SortStableFunc(l, byAction)
-		}
-		slices.SortStableFunc(b.patterns, func(x, y *entry) int {
-			if c := cmp.Compare(len(y.src.key), len(x.src.key)); c != 0 {
-				return c
+		for _, m := range []map[string][]*entry{b.spiffe, b.subject, b.name} {
+			for _, l := range m {
+				slices.SortStableFunc(l, byAction)
 			}
-			return byAction(x, y)
-		})
+		}
+		for _, l := range b.apiKey {
+			slices.SortStableFunc(l, byAction)
+		}
+		slices.SortStableFunc(b.patterns, patternOrder)
+		slices.SortStableFunc(b.edge, patternOrder)
 		slices.SortStableFunc(b.any, byAction)
 	}
 	return p
+}
+
+// addTo appends e to m[key], making m if it is nil.
+func addTo[K comparable](m map[K][]*entry, key K, e *entry) map[K][]*entry {
+	if m == nil {
+		m = map[K][]*entry{}
+	}
+	m[key] = append(m[key], e)
+	return m
+}
+
+// patternOrder orders the pattern row: by kind (SPIFFE patterns, JWT
+// claims, cidr, API key sets, jwt:*), within a kind the longer SPIFFE
+// prefix or network first, then as byAction.
+func patternOrder(x, y *entry) int {
+	if c := cmp.Compare(y.src.kind, x.src.kind); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(y.src.specificity(), x.src.specificity()); c != 0 {
+		return c
+	}
+	return byAction(x, y)
 }
 
 // byAction orders grouped entries first, in rule order (a group is an
@@ -267,28 +317,36 @@ var noPolicy = Decision{Rule: DefaultRule, Reason: "denied: no policy loaded"}
 
 // Authorize decides r as described in the package doc: of the rules whose
 // From, To and conditions all match r, the one of highest precedence
-// decides, deny winning a tie; if none matches, the default action. It
-// does not block, lock or allocate; ctx is not used.
+// decides, deny winning a tie; if none matches, the default action. An
+// unauthenticated caller is matched against cidr: entries only. It does
+// not block, lock or allocate; ctx is not used.
 func (p *Policy) Authorize(_ context.Context, r Request) Decision {
 	if p == nil {
 		return noPolicy
 	}
-	if !r.Source.authenticated() {
+	authn := r.Source.authenticated()
+	if !authn && !r.Source.Addr.IsValid() {
 		return p.unauthDecision
 	}
-	if b := p.byDest[r.Destination]; b != nil {
-		if e, final := b.find(&r); e != nil {
+	for _, b := range [...]*bucket{p.byDest[r.Destination], p.anyDest} {
+		if b == nil {
+			continue
+		}
+		var e *entry
+		var final bool
+		if authn {
+			e, final = b.find(&r)
+		} else if b.cidr {
+			e = b.findCIDR(&r)
+		}
+		if e != nil {
 			return e.decision
 		} else if final {
 			return p.groupMissDecision
 		}
 	}
-	if p.anyDest != nil {
-		if e, final := p.anyDest.find(&r); e != nil {
-			return e.decision
-		} else if final {
-			return p.groupMissDecision
-		}
+	if !authn {
+		return p.unauthDecision
 	}
 	return p.defaultDecision
 }
@@ -297,25 +355,125 @@ func (p *Policy) Authorize(_ context.Context, r Request) Decision {
 // final reports that a permission group applied to the caller but none of
 // its rules matched, which ends the search with the default action.
 func (b *bucket) find(r *Request) (e *entry, final bool) {
-	id := r.Source.SPIFFE
-	if id != "" {
-		if e, final := first(b.spiffe[id], r); e != nil || final {
+	src := &r.Source
+	// The exact row: a caller has one such identity in practice, but
+	// should it have several, their entries rank together.
+	if src.SPIFFE != "" && b.spiffe != nil {
+		e, final = first(b.spiffe[src.SPIFFE], r)
+	}
+	if src.JWT && src.Subject != "" && b.subject != nil {
+		e2, final2 := first(b.subject[src.Subject], r)
+		e, final = better(e, e2), final || final2
+	}
+	if src.APIKeySet != "" && b.apiKey != nil {
+		e2, final2 := first(b.apiKey[apiKeyRef{src.APIKeySet, src.APIKeyID}], r)
+		e, final = better(e, e2), final || final2
+	}
+	if e != nil {
+		return e, false
+	} else if final {
+		return nil, true
+	}
+	if src.Service != "" {
+		if e, final := first(b.name[src.Service], r); e != nil || final {
 			return e, final
 		}
 	}
-	if r.Source.Service != "" {
-		if e, final := first(b.name[r.Source.Service], r); e != nil || final {
-			return e, final
-		}
-	}
-	if id != "" {
+	if id := src.SPIFFE; id != "" {
 		for _, e := range b.patterns {
 			if len(id) > len(e.src.key) && strings.HasPrefix(id, e.src.key) && e.cond.match(r) {
 				return e, false
 			}
 		}
 	}
+	if src.JWT || src.APIKeySet != "" || src.Addr.IsValid() {
+		for _, e := range b.edge {
+			if e.src.matches(src) && e.cond.match(r) {
+				return e, false
+			}
+		}
+	}
 	return first(b.any, r)
+}
+
+// findCIDR is find for an unauthenticated caller: only cidr entries can
+// apply.
+func (b *bucket) findCIDR(r *Request) *entry {
+	for _, e := range b.edge {
+		if e.src.kind == sourceCIDR && e.src.matches(&r.Source) && e.cond.match(r) {
+			return e
+		}
+	}
+	return nil
+}
+
+// better returns the one of x and y that comes first in byAction's order;
+// either may be nil.
+func better(x, y *entry) *entry {
+	switch {
+	case x == nil:
+		return y
+	case y == nil:
+		return x
+	case byAction(y, x) < 0:
+		return y
+	}
+	return x
+}
+
+// matches reports whether an edge entry of the pattern row (a claim,
+// cidr, key set or jwt:*) matches src. It does not allocate.
+func (m *sourceMatch) matches(src *Source) bool {
+	switch m.kind {
+	case sourceClaim:
+		return src.JWT && claimHolds(src.Claims[m.sub], m.key, m.sub == scopeClaim)
+	case sourceCIDR:
+		return m.prefix.Contains(src.Addr.Unmap().WithZone(""))
+	case sourceKeySet:
+		return src.APIKeySet == m.key
+	case sourceJWTAny:
+		return src.JWT
+	}
+	return false
+}
+
+// claimHolds reports whether a claim's value v is want, or is a list of
+// strings that holds it; a space-separated scope claim holds each word.
+func claimHolds(v any, want string, scope bool) bool {
+	switch v := v.(type) {
+	case string:
+		if scope {
+			return hasWord(v, want)
+		}
+		return v == want
+	case []any:
+		for _, e := range v {
+			if s, ok := e.(string); ok && s == want {
+				return true
+			}
+		}
+	case []string:
+		return slices.Contains(v, want)
+	}
+	return false
+}
+
+// hasWord reports whether want is one of the words of s, separated by
+// ASCII white space, without splitting s.
+func hasWord(s, want string) bool {
+	for s != "" {
+		i := strings.IndexAny(s, " \t\r\n")
+		w := s
+		if i >= 0 {
+			w, s = s[:i], s[i+1:]
+		} else {
+			s = ""
+		}
+		if w == want {
+			return true
+		}
+	}
+	return false
 }
 
 // first returns the first entry of l whose conditions match r; when none

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -13,16 +15,24 @@ import (
 // written out as plainly as possible: every rule, every From entry, keep
 // the best. Authorize must agree with it.
 func refAuthorize(rules []Rule, def Action, r Request) (allow bool, rule string) {
-	if r.Source.Service == "" && r.Source.SPIFFE == "" {
+	src := r.Source
+	authenticated := src.Service != "" || src.SPIFFE != "" || src.JWT || src.APIKeySet != ""
+	if !authenticated && !src.Addr.IsValid() {
 		return def == Allow, "default"
 	}
-	type rank struct{ dest, src, plen int }
+	// src is the row (1 "*", 2 pattern, 3 name, 4 exact); kind orders
+	// the pattern row (5 SPIFFE pattern, 4 claim, 3 cidr, 2 key set,
+	// 1 jwt:*); plen the prefix within a kind.
+	type rank struct{ dest, src, kind, plen int }
 	better := func(a, b rank) bool {
 		if a.dest != b.dest {
 			return a.dest > b.dest
 		}
 		if a.src != b.src {
 			return a.src > b.src
+		}
+		if a.kind != b.kind {
+			return a.kind > b.kind
 		}
 		return a.plen > b.plen
 	}
@@ -49,7 +59,10 @@ func refAuthorize(rules []Rule, def Action, r Request) (allow bool, rule string)
 		}
 		for _, f := range ru.From {
 			rk := rk
-			id := r.Source.SPIFFE
+			id := src.SPIFFE
+			if !authenticated && !strings.HasPrefix(f, "cidr:") {
+				continue
+			}
 			switch {
 			case f == "*":
 				rk.src = 1
@@ -58,14 +71,46 @@ func refAuthorize(rules []Rule, def Action, r Request) (allow bool, rule string)
 				if id == "" || !strings.HasPrefix(id, prefix) || id == prefix {
 					continue
 				}
-				rk.src, rk.plen = 2, len(prefix)
+				rk.src, rk.kind, rk.plen = 2, 5, len(prefix)
 			case strings.HasPrefix(f, "spiffe://"):
 				if id != f {
 					continue
 				}
 				rk.src = 4
+			case f == "jwt:*":
+				if !src.JWT {
+					continue
+				}
+				rk.src, rk.kind = 2, 1
+			case strings.HasPrefix(f, "jwt:sub="):
+				if !src.JWT || src.Subject == "" || src.Subject != f[len("jwt:sub="):] {
+					continue
+				}
+				rk.src = 4
+			case strings.HasPrefix(f, "jwt:"):
+				claim, value, _ := strings.Cut(f[len("jwt:"):], "=")
+				if !src.JWT || !refClaim(src.Claims[claim], value, claim == "scope") {
+					continue
+				}
+				rk.src, rk.kind = 2, 4
+			case strings.HasPrefix(f, "apikey:") && strings.HasSuffix(f, "/*"):
+				if src.APIKeySet == "" || "apikey:"+src.APIKeySet+"/*" != f {
+					continue
+				}
+				rk.src, rk.kind = 2, 2
+			case strings.HasPrefix(f, "apikey:"):
+				if src.APIKeySet == "" || "apikey:"+src.APIKeySet+"/"+src.APIKeyID != f {
+					continue
+				}
+				rk.src = 4
+			case strings.HasPrefix(f, "cidr:"):
+				p := netip.MustParsePrefix(f[len("cidr:"):])
+				if !p.Contains(src.Addr.Unmap()) {
+					continue
+				}
+				rk.src, rk.kind, rk.plen = 2, 3, p.Bits()
 			default:
-				if r.Source.Service != f {
+				if src.Service != f {
 					continue
 				}
 				rk.src = 3
@@ -80,6 +125,23 @@ func refAuthorize(rules []Rule, def Action, r Request) (allow bool, rule string)
 		return def == Allow, "default"
 	}
 	return bestAction == Allow, bestName
+}
+
+// refClaim reports whether claim value v holds want: equal, an element of
+// a list, or for the scope claim one of its space-separated words.
+func refClaim(v any, want string, scope bool) bool {
+	switch v := v.(type) {
+	case string:
+		if scope {
+			return slices.Contains(strings.Fields(v), want)
+		}
+		return v == want
+	case []any:
+		return slices.Contains(v, any(want))
+	case []string:
+		return slices.Contains(v, want)
+	}
+	return false
 }
 
 func refConditions(ru Rule, r Request) bool {
@@ -124,14 +186,19 @@ func refConditions(ru Rule, r Request) bool {
 var (
 	genFrom = []string{"web", "api", "*", "spiffe://mesh.local/ns/prod/svc/web", "spiffe://mesh.local/ns/dev/svc/web",
 		"spiffe://mesh.local/ns/prod/*", "spiffe://mesh.local/ns/prod/svc/*", "spiffe://mesh.local/*", "spiffe://other.td/*",
-		"spiffe://mesh.local/ns/pro/*"}
+		"spiffe://mesh.local/ns/pro/*",
+		"jwt:sub=alice", "jwt:sub=bob", "jwt:groups=admin", "jwt:tenant=acme", "jwt:scope=orders.write", "jwt:*",
+		"apikey:partners/acme", "apikey:partners/*", "apikey:others/*",
+		"cidr:10.0.0.0/8", "cidr:10.1.0.0/16", "cidr:203.0.113.0/24", "cidr:0.0.0.0/0", "cidr:2001:db8::/32"}
 	genTo      = []string{"cart", "*", "orders"}
 	genMethods = []string{"GET", "post", "DELETE"}
 	genPaths   = []PathMatch{{Exact: "/admin"}, {Prefix: "/api/"}, {Prefix: "/"}, {Exact: "/"}, {Prefix: "/api"}}
 	genHeaders = []HeaderMatch{{Name: "X-A", Present: true}, {Name: "x-a", Exact: "1"}, {Name: "X-A", Prefix: "1"},
 		{Name: "X-A", Exact: "1,2"}, {Name: "X-B", Present: true, Invert: true}, {Name: "X-A", Exact: "1", Invert: true}}
 	genSources = []Source{webProd, webDev, apiProd, apiDev, other, idOnly, anon,
-		{Service: "web"}, {SPIFFE: "spiffe://mesh.local/ns/prod/"}, {SPIFFE: "spiffe://mesh.local/ns/production/svc/x", Service: "x"}}
+		{Service: "web"}, {SPIFFE: "spiffe://mesh.local/ns/prod/"}, {SPIFFE: "spiffe://mesh.local/ns/production/svc/x", Service: "x"},
+		alice, bob, noSub, acmeKey, anon10, anonV6, anonNet,
+		{Service: "web", SPIFFE: "spiffe://mesh.local/ns/prod/svc/web", JWT: true, Subject: "alice", Addr: netip.MustParseAddr("10.1.2.3")}}
 	genReqPaths = []string{"/", "/admin", "/admin/", "/api", "/api/", "/api/x", "/apiary", ""}
 	genMethodsR = []string{"GET", "POST", "DELETE", "get", ""}
 	genHeaderV  = [][]string{nil, {"1"}, {"1", "2"}, {"2"}, {"12"}, {""}}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"strings"
 )
@@ -25,11 +26,23 @@ type Rule struct {
 	//   - a SPIFFE pattern ending in "/*" ("spiffe://mesh.local/ns/prod/*",
 	//     "spiffe://mesh.local/*"): every ID under that prefix, whole
 	//     segments only;
-	//   - "*": any authenticated caller. "*" never matches an
-	//     unauthenticated one (Source.Service and Source.SPIFFE both "").
+	//   - "jwt:sub=<subject>": a caller with a verified JWT of that
+	//     subject (Source.Subject), from any provider;
+	//   - "jwt:<claim>=<value>": a caller with a verified JWT whose claim
+	//     is that string, or a list of strings that holds it; the "scope"
+	//     claim, a space-separated string, holds each of its words;
+	//   - "jwt:*": any caller with a verified JWT;
+	//   - "apikey:<set>/<id>": the caller with that API key of that set;
+	//     "apikey:<set>/*" any key of the set;
+	//   - "cidr:<prefix>" ("cidr:10.0.0.0/8", "cidr:2001:db8::/32"): a
+	//     caller whose Source.Addr is in the prefix, authenticated or not;
+	//   - "*": any authenticated caller (a SPIFFE ID, a verified JWT or an
+	//     API key). "*" never matches an unauthenticated one, which only
+	//     cidr: entries match.
 	// An entry ranks as written; see the package doc for the order.
 	From []string
-	// To is the destination service name, or "*" for any. Required.
+	// To is the destination: a service name in the mesh, a route name at
+	// the edge, or "*" for any. Required.
 	To string
 	// Action is what the rule does when it decides. Default: Deny.
 	Action Action
@@ -193,21 +206,74 @@ func (h HeaderMatch) validate() error {
 	return nil
 }
 
-// Source kinds, in rank order: a higher kind is more specific.
+// Source kinds, in rank order: a higher kind is more specific. row
+// groups them into the rows of the precedence table.
 const (
 	sourceAny     = 1 + iota // "*"
+	sourceJWTAny             // "jwt:*"
+	sourceKeySet             // "apikey:partners/*"
+	sourceCIDR               // "cidr:10.0.0.0/8"
+	sourceClaim              // "jwt:groups=admin"
 	sourcePattern            // "spiffe://td/ns/prod/*"
 	sourceName               // "web"
+	sourceSubject            // "jwt:sub=alice"
+	sourceAPIKey             // "apikey:partners/acme"
 	sourceSPIFFE             // "spiffe://td/ns/prod/svc/web"
 )
+
+// Rows of the precedence table, highest last.
+const (
+	rowAny     = 1 + iota // "*"
+	rowPattern            // SPIFFE patterns, claims, cidr, key sets, jwt:*
+	rowName               // service names
+	rowExact              // SPIFFE IDs, JWT subjects, API keys
+)
+
+// row returns the precedence row of a source kind.
+func row(kind int) int {
+	switch kind {
+	case sourceAny:
+		return rowAny
+	case sourceName:
+		return rowName
+	case sourceSubject, sourceAPIKey, sourceSPIFFE:
+		return rowExact
+	}
+	return rowPattern
+}
 
 // sourceMatch is one parsed From entry.
 type sourceMatch struct {
 	kind int
-	key  string // the name, the SPIFFE ID, or the pattern's prefix (ending in '/')
+	// key is the name, the SPIFFE ID, the pattern's prefix (ending in
+	// '/'), the JWT subject, the claim's value, or the API key set.
+	key string
+	// sub is the claim's name, or the API key's ID.
+	sub string
+	// prefix is a cidr entry's network.
+	prefix netip.Prefix
 }
 
-const spiffeScheme = "spiffe://"
+// specificity orders the entries of one kind in the pattern row: the
+// longer SPIFFE prefix or network first.
+func (m *sourceMatch) specificity() int {
+	switch m.kind {
+	case sourcePattern:
+		return len(m.key)
+	case sourceCIDR:
+		return m.prefix.Bits()
+	}
+	return 0
+}
+
+const (
+	spiffeScheme = "spiffe://"
+	jwtPrefix    = "jwt:"
+	apiKeyPrefix = "apikey:"
+	cidrPrefix   = "cidr:"
+	// scopeClaim is the space-separated scope claim of RFC 8693.
+	scopeClaim = "scope"
+)
 
 // parseSource parses a From entry.
 func parseSource(f string) (sourceMatch, error) {
@@ -218,11 +284,98 @@ func parseSource(f string) (sourceMatch, error) {
 		return parseSPIFFE(f)
 	case strings.Contains(f, "://"):
 		return sourceMatch{}, fmt.Errorf("%q: only spiffe:// IDs are supported", f)
+	case strings.HasPrefix(f, jwtPrefix):
+		return parseJWT(f)
+	case strings.HasPrefix(f, apiKeyPrefix):
+		return parseAPIKey(f)
+	case strings.HasPrefix(f, cidrPrefix):
+		return parseCIDR(f)
+	case strings.Contains(f, ":"):
+		kind, _, _ := strings.Cut(f, ":")
+		return sourceMatch{}, fmt.Errorf("%q: unknown prefix %q: write a service name, a spiffe:// ID, jwt:, apikey: or cidr:", f, kind+":")
 	}
 	if err := checkServiceName(f); err != nil {
 		return sourceMatch{}, err
 	}
 	return sourceMatch{kind: sourceName, key: f}, nil
+}
+
+// parseJWT parses "jwt:*", "jwt:sub=<subject>" and "jwt:<claim>=<value>".
+func parseJWT(f string) (sourceMatch, error) {
+	rest := f[len(jwtPrefix):]
+	if rest == "*" {
+		return sourceMatch{kind: sourceJWTAny}, nil
+	}
+	claim, value, ok := strings.Cut(rest, "=")
+	switch {
+	case !ok:
+		return sourceMatch{}, fmt.Errorf("%q: no '=': write jwt:sub=<subject>, jwt:<claim>=<value> or jwt:* for any verified token", f)
+	case claim == "":
+		return sourceMatch{}, fmt.Errorf("%q: no claim name before '=': write jwt:sub=<subject> or jwt:<claim>=<value>", f)
+	case value == "":
+		return sourceMatch{}, fmt.Errorf("%q: empty value: write jwt:%s=<value> (jwt:* matches any verified token)", f, claim)
+	case strings.ContainsAny(value, "\x00\r\n"):
+		return sourceMatch{}, fmt.Errorf("%q: the value holds a NUL, CR or LF", f)
+	case claim == scopeClaim && strings.ContainsAny(value, " \t"):
+		return sourceMatch{}, fmt.Errorf("%q: a scope is one word: write one jwt:scope=<scope> entry per scope", f)
+	}
+	for i := 0; i < len(claim); i++ {
+		if c := claim[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return sourceMatch{}, fmt.Errorf("%q: claim name %q: want letters, digits, '_', '-' and '.'", f, claim)
+		}
+	}
+	if claim == "sub" {
+		return sourceMatch{kind: sourceSubject, key: value}, nil
+	}
+	return sourceMatch{kind: sourceClaim, key: value, sub: claim}, nil
+}
+
+// parseAPIKey parses "apikey:<set>/<id>" and "apikey:<set>/*".
+func parseAPIKey(f string) (sourceMatch, error) {
+	set, id, ok := strings.Cut(f[len(apiKeyPrefix):], "/")
+	switch {
+	case !ok:
+		return sourceMatch{}, fmt.Errorf("%q: no '/': write apikey:<set>/<id>, or apikey:<set>/* for any key of the set", f)
+	case set == "":
+		return sourceMatch{}, fmt.Errorf("%q: no key set name: write apikey:<set>/<id>", f)
+	case id == "":
+		return sourceMatch{}, fmt.Errorf("%q: no key ID: write apikey:%s/<id>, or apikey:%s/* for any key of the set", f, set, set)
+	case strings.ContainsAny(id, "\x00\r\n"):
+		return sourceMatch{}, fmt.Errorf("%q: the key ID holds a NUL, CR or LF", f)
+	}
+	if err := checkServiceName(set); err != nil {
+		return sourceMatch{}, fmt.Errorf("%q: key set: %v", f, err)
+	}
+	if id == "*" {
+		return sourceMatch{kind: sourceKeySet, key: set}, nil
+	}
+	return sourceMatch{kind: sourceAPIKey, key: set, sub: id}, nil
+}
+
+// parseCIDR parses "cidr:<prefix>"; the prefix must be in canonical form
+// (no host bits set, written as netip.Prefix.String writes it), so that
+// what is written is what matches.
+func parseCIDR(f string) (sourceMatch, error) {
+	s := f[len(cidrPrefix):]
+	if !strings.Contains(s, "/") {
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			return sourceMatch{}, fmt.Errorf("%q: no prefix length: write cidr:%s for this one address", f, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return sourceMatch{}, fmt.Errorf("%q: not a network: write an IPv4 or IPv6 prefix such as cidr:10.0.0.0/8 or cidr:2001:db8::/32", f)
+	}
+	if p.Addr().Is4In6() {
+		return sourceMatch{}, fmt.Errorf("%q: an IPv4-mapped prefix never matches: write the IPv4 prefix", f)
+	}
+	if m := p.Masked(); m != p {
+		return sourceMatch{}, fmt.Errorf("%q: host bits are set: write cidr:%s", f, m)
+	}
+	if p.String() != s {
+		return sourceMatch{}, fmt.Errorf("%q: write the prefix in its usual form, cidr:%s", f, p)
+	}
+	return sourceMatch{kind: sourceCIDR, prefix: p}, nil
 }
 
 // parseSPIFFE parses "spiffe://td/path" or a pattern "spiffe://td[/path]/*".
