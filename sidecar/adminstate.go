@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sidemesh/sidemesh/policy/authn"
 	"github.com/sidemesh/sidemesh/sidecar/admin"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/edge"
@@ -168,9 +169,9 @@ func (a adminState) Identity() *admin.Identity {
 func (a adminState) APIKeys() []admin.APIKeySet {
 	var out []admin.APIKeySet
 	for _, st := range a.s.APIKeySets() {
-		set := admin.APIKeySet{Name: st.Name, Keys: []admin.APIKeyRef{}}
+		set := admin.APIKeySet{Name: st.Name, Keys: []admin.APIKeyRef{}, Conflicts: st.Conflicts}
 		for _, k := range st.Keys {
-			ref := admin.APIKeyRef{ID: k.ID, Revoked: st.Revoked[k.ID]}
+			ref := admin.APIKeyRef{ID: k.ID, Source: k.Source, Revoked: st.Revoked[k.ID]}
 			if !k.Expires.IsZero() {
 				exp := k.Expires
 				ref.Expires = &exp
@@ -186,11 +187,33 @@ func (a adminState) APIKeys() []admin.APIKeySet {
 // RevokeAPIKey implements admin.Provider.
 func (a adminState) RevokeAPIKey(set, id string, on bool) error { return a.s.RevokeAPIKey(set, id, on) }
 
+// AddAPIKey implements admin.Provider.
+func (a adminState) AddAPIKey(set string, k admin.NewAPIKey) error {
+	return a.s.AddAPIKey(set, authn.AdminKey{ID: k.ID, SHA256: k.SHA256, Expires: k.Expires, Metadata: k.Metadata})
+}
+
+// RemoveAPIKey implements admin.Provider.
+func (a adminState) RemoveAPIKey(set, id string) error { return a.s.RemoveAPIKey(set, id) }
+
 // Drain implements admin.Provider.
 func (a adminState) Drain(id string, on bool) error { return a.s.Drain(id, on) }
 
 // Drained implements admin.Provider.
 func (a adminState) Drained() []string { return a.s.Drained() }
+
+// RateLimits implements admin.Provider.
+func (a adminState) RateLimits() []admin.RateLimit {
+	var out []admin.RateLimit
+	for _, st := range a.s.RateLimits() {
+		out = append(out, admin.RateLimit{
+			Route: st.Route, Name: st.Name, Scope: st.Scope, Allowed: st.Allowed, Refused: st.Refused,
+			ShadowRefused: st.ShadowRefused, Keys: st.Keys, Evictions: st.Evictions,
+			Edges: st.Edges, OvershootBound: st.Bound, Partitioned: st.Partitioned,
+		})
+	}
+	slices.SortFunc(out, func(x, y admin.RateLimit) int { return strings.Compare(x.Route+"\x00"+x.Name, y.Route+"\x00"+y.Name) })
+	return out
+}
 
 // Sticky implements admin.Provider.
 func (a adminState) Sticky() *admin.Sticky {

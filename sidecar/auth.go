@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/policy/authn"
+	"github.com/sidemesh/sidemesh/policy/ratelimit"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/edge"
 	"github.com/sidemesh/sidemesh/sidecar/pipeline"
@@ -110,18 +111,37 @@ func (s *Sidecar) JWTProviders() map[string]authn.Stats {
 func (s *Sidecar) routeLimits(cfg *config.Config) map[string][]*edge.RouteLimit {
 	out := map[string][]*edge.RouteLimit{}
 	next := map[string]*edge.RouteLimit{}
+	shared := map[string]*clusterLimit{}
+	exact := map[string]*exactLimit{}
 	if cfg.Edge != nil {
 		for _, rc := range cfg.Edge.Routes {
 			for _, lc := range rc.RateLimits {
-				id := rc.Name + "\x00" + lc.LimitName()
+				id := limitID(rc.Name, lc.LimitName())
 				l := loaded(&s.limits)[id]
 				if l == nil || !reflect.DeepEqual(l.Cfg, lc) {
-					l = edge.NewRouteLimit(rc.Name, lc)
+					var b edge.Buckets
+					switch {
+					case s.sharedLimits == nil: // validated: not for a shared scope
+					case lc.Scope == config.RateLimitCluster:
+						b = ratelimit.NewCluster(lc.Bucket(), lc.MaxKeys, s.clock)
+					case lc.Scope == config.RateLimitExact:
+						b = newExactLimit(id, lc, s.sharedLimits, s.clock)
+					}
+					l = edge.NewRouteLimit(rc.Name, lc, b)
+				}
+				switch b := l.Buckets.(type) {
+				case *ratelimit.Cluster:
+					shared[id] = &clusterLimit{cfg: lc, c: b}
+				case *exactLimit:
+					exact[id] = b
 				}
 				next[id] = l
 				out[rc.Name] = append(out[rc.Name], l)
 			}
 		}
+	}
+	if s.sharedLimits != nil && cfg.Edge != nil {
+		s.sharedLimits.use(shared, exact, cfg.Edge.RateLimitSync)
 	}
 	s.limits.Store(&next)
 	return out

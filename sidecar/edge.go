@@ -154,6 +154,16 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 	}
 	table := edge.Compile(cfg.Edge.Routes)
 	limits := s.routeLimits(cfg)
+	var authorize func(*config.Route) pipeline.Filter
+	if pc := cfg.Edge.Policy; pc != nil {
+		pol, err := pc.Compile()
+		if err != nil {
+			// Validate compiled it already; should it fail here, a nil
+			// Policy denies every request rather than let them all in.
+			s.log.Error("edge policy does not compile: denying every request", "error", err)
+		}
+		authorize = func(rc *config.Route) pipeline.Filter { return edge.AuthorizeFilter(pol, rc.Name) }
+	}
 	backends := &edgeBackends{ups: ups, variants: variants, made: map[backendKey]pipeline.Handler{}}
 	fwd := &proxy.Forwarded{Trusted: cfg.TrustedPrefixes()}
 	for _, l := range cfg.Edge.Listeners {
@@ -167,6 +177,7 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 			o.Sticky = func(rc *config.Route) pipeline.Filter { return table.Route(rc).Filter() }
 		}
 		o.Auth = s.authFilter
+		o.Authorize = authorize
 		if len(limits) > 0 {
 			o.RateLimits = func(rc *config.Route) []*edge.RouteLimit { return limits[rc.Name] }
 		}

@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -9,23 +11,31 @@ import (
 )
 
 // sharedSet is a set of names that every member of the gossip pool
-// shares: each is an empty entry under prefix, not tied to the member
-// that wrote it, so that it outlives that member. Without a pool the set
-// is this process's own. Each change, local or learned by gossip, hands
-// the whole set to apply. Safe for concurrent use.
+// shares, each name with a value (empty for a plain set): each is an
+// entry under prefix, not tied to the member that wrote it, so that it
+// outlives that member. Without a pool the set is this process's own.
+// Each change, local or learned by gossip, hands the whole set to apply,
+// from one goroutine at a time. Safe for concurrent use.
 type sharedSet struct {
 	prefix string
 	store  *gossip.Store // nil without a pool
-	apply  func(names []string)
+	apply  func(map[string][]byte)
 
 	mu    sync.Mutex
-	local map[string]struct{}
+	local map[string][]byte
 }
 
 // newSharedSet returns the set under prefix in pool's store (pool may be
-// nil), and, with a pool, keeps applying it until the pool shuts down.
+// nil), and, with a pool, keeps applying its names until the pool shuts
+// down.
 func newSharedSet(pool *gossip.Pool, prefix string, apply func([]string)) *sharedSet {
-	s := &sharedSet{prefix: prefix, apply: apply, local: map[string]struct{}{}}
+	return newSharedMap(pool, prefix, func(m map[string][]byte) { apply(slices.Collect(maps.Keys(m))) })
+}
+
+// newSharedMap is newSharedSet for names with values: apply gets each
+// name's value, which it must not modify.
+func newSharedMap(pool *gossip.Pool, prefix string, apply func(map[string][]byte)) *sharedSet {
+	s := &sharedSet{prefix: prefix, apply: apply, local: map[string][]byte{}}
 	if pool == nil {
 		return s
 	}
@@ -43,30 +53,48 @@ func newSharedSet(pool *gossip.Pool, prefix string, apply func([]string)) *share
 
 // set adds name (on) or removes it.
 func (s *sharedSet) set(name string, on bool) error {
-	if name == "" || len(s.prefix+name) > gossip.MaxKeyLen || strings.ContainsAny(name, "\x00\r\n") {
-		return fmt.Errorf("bad name %q", name)
+	if on {
+		return s.put(name, nil)
+	}
+	return s.remove(name)
+}
+
+// put adds name with value, or replaces its value.
+func (s *sharedSet) put(name string, value []byte) error {
+	if err := s.checkName(name); err != nil {
+		return err
 	}
 	if s.store == nil {
 		s.mu.Lock()
-		if on {
-			s.local[name] = struct{}{}
-		} else {
-			delete(s.local, name)
-		}
+		s.local[name] = slices.Clone(value)
 		s.mu.Unlock()
-		s.refresh()
-		return nil
-	}
-	var err error
-	if on {
-		err = s.store.Set(s.prefix+name, nil, gossip.SetOptions{})
-	} else {
-		err = s.store.Delete(s.prefix + name)
-	}
-	if err != nil {
+	} else if err := s.store.Set(s.prefix+name, value, gossip.SetOptions{}); err != nil {
 		return err
 	}
 	s.refresh() // at once here; the subscription catches up too
+	return nil
+}
+
+// remove removes name.
+func (s *sharedSet) remove(name string) error {
+	if err := s.checkName(name); err != nil {
+		return err
+	}
+	if s.store == nil {
+		s.mu.Lock()
+		delete(s.local, name)
+		s.mu.Unlock()
+	} else if err := s.store.Delete(s.prefix + name); err != nil {
+		return err
+	}
+	s.refresh()
+	return nil
+}
+
+func (s *sharedSet) checkName(name string) error {
+	if name == "" || len(s.prefix+name) > gossip.MaxKeyLen || strings.ContainsAny(name, "\x00\r\n") {
+		return fmt.Errorf("bad name %q", name)
+	}
 	return nil
 }
 
@@ -74,15 +102,13 @@ func (s *sharedSet) set(name string, on bool) error {
 func (s *sharedSet) refresh() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var names []string
+	m := map[string][]byte{}
 	if s.store == nil {
-		for n := range s.local {
-			names = append(names, n)
-		}
+		maps.Copy(m, s.local)
 	} else {
 		for _, e := range s.store.List(s.prefix) {
-			names = append(names, e.Key[len(s.prefix):])
+			m[e.Key[len(s.prefix):]] = e.Value
 		}
 	}
-	s.apply(names)
+	s.apply(m)
 }

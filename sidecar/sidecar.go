@@ -72,6 +72,9 @@ type Sidecar struct {
 	jwt     atomic.Pointer[map[string]*jwtProvider]
 	keySets atomic.Pointer[map[string]*keySet]
 	limits  atomic.Pointer[map[string]*edge.RouteLimit]
+	// sharedLimits shares the cluster-scope rate limits' counts; nil
+	// without a gossip pool.
+	sharedLimits *sharedLimits
 	// sticky is the session table; nil until a route is sticky. Read
 	// without the mutex by the admin API and metrics.
 	sticky atomic.Pointer[sticky.Table]
@@ -85,6 +88,9 @@ type Sidecar struct {
 	// revoked holds the revoked API key IDs, "<set>/<id>", shared by the
 	// gossip pool.
 	revoked *sharedSet
+	// added holds the API keys added through the admin API (of any edge),
+	// "<set>/<id>" → addedKey, shared by the gossip pool.
+	added *sharedSet
 	// isolatedSince is when this sidecar was cut off from its gossip
 	// pool (Unix nanoseconds); 0 when it is not (watchIsolation).
 	isolatedSince atomic.Int64
@@ -159,8 +165,11 @@ func (s *Sidecar) Start(ctx context.Context) error {
 	s.backends = b
 	s.drains = newSharedSet(b.pool, drainPrefix, s.drained.Set)
 	s.revoked = newSharedSet(b.pool, revokedPrefix, s.applyRevoked)
+	s.added = newSharedMap(b.pool, addedPrefix, s.applyAddedKeys)
 	if b.pool != nil {
 		go s.watchIsolation(s.life, b.pool)
+		s.sharedLimits = newSharedLimits(b.pool, s.log)
+		go s.sharedLimits.run(s.life)
 	}
 	tel, accessLog, err := s.startTelemetry(ctx, cfg)
 	if err != nil {

@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 		runOTLPSink()
 		return
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode")) // it may outlive Shutdown by a probe
 }
 
 // parse validates a YAML config the way `sidemesh run` would.

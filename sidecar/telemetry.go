@@ -42,6 +42,9 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 	if s.backends != nil && s.backends.pool != nil {
 		o.Observed.Members = s.observeMemberList
 	}
+	if cl := s.sharedLimits; cl != nil {
+		o.Observed.RateLimitSyncLate = func() int64 { return int64(cl.late.Load()) }
+	}
 	if cfg.Service != nil {
 		o.Resource.ServiceName = cfg.Service.Name
 		o.Resource.InstanceID = cfg.ServiceID()
@@ -207,6 +210,7 @@ func (s *Sidecar) observeRateLimits() []telemetry.RateLimitState {
 		out = append(out, telemetry.RateLimitState{
 			Route: st.Route, Limit: st.Name, Allowed: int64(st.Allowed), Refused: int64(st.Refused),
 			ShadowRefused: int64(st.ShadowRefused), Keys: int64(st.Keys), Evictions: int64(st.Evictions),
+			Cluster: st.Scope == config.RateLimitCluster, Bound: int64(st.Bound), Partitioned: st.Partitioned,
 		})
 	}
 	return out

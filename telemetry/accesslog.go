@@ -32,8 +32,9 @@ func newAccessLogger(w io.Writer) *slog.Logger {
 //	 "client":"127.0.0.1","upstream":"catalog","endpoint":"10.0.0.7:21000",
 //	 "tries":1,"retries":0,"request_id":"...","trace_id":"...","span_id":"..."}
 //
-// error (the failure kind), peer (the caller's SPIFFE ID), policy_rule,
-// user_agent and the trace ids appear when known.
+// error (the failure kind), peer (the caller's SPIFFE ID), policy_rule
+// and policy_decision (allow or deny), user_agent and the trace ids
+// appear when known.
 func (t *Telemetry) logAccess(ctx context.Context, r *http.Request, rec *ServerRecord, d time.Duration, span trace.SpanContext) {
 	attrs := make([]slog.Attr, 0, 24)
 	attrs = append(attrs,
@@ -73,7 +74,11 @@ func (t *Telemetry) logAccess(ctx context.Context, r *http.Request, rec *ServerR
 		attrs = append(attrs, slog.String("peer", rec.Peer))
 	}
 	if rec.PolicyRule != "" {
-		attrs = append(attrs, slog.String("policy_rule", rec.PolicyRule))
+		decision := "deny"
+		if rec.PolicyAllowed {
+			decision = "allow"
+		}
+		attrs = append(attrs, slog.String("policy_rule", rec.PolicyRule), slog.String("policy_decision", decision))
 	}
 	if id := rec.RequestID; id != "" {
 		attrs = append(attrs, slog.String("request_id", id))

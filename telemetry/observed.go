@@ -93,6 +93,9 @@ type Observed struct {
 	JWT func() []JWTState
 	// RateLimits returns an edge's rate limits; nil or empty without.
 	RateLimits func() []RateLimitState
+	// RateLimitSyncLate returns how many sends of cluster limits' counts
+	// took longer than the configured delay; nil without gossip.
+	RateLimitSyncLate func() int64
 }
 
 // RateLimitState is one rate limit of an edge route at the moment
@@ -105,6 +108,12 @@ type RateLimitState struct {
 	// Keys is the number of keys tracked; Evictions those forgotten for
 	// the max_keys bound.
 	Keys, Evictions int64
+	// Cluster marks a limit shared by the edges (scope: cluster): Bound
+	// is the most they may admit beyond its quota in a window, and
+	// Partitioned reports that this edge is cut off from most of them.
+	Cluster     bool
+	Bound       int64
+	Partitioned bool
 }
 
 // JWTState is an edge's JWT provider at the moment metrics are
@@ -171,7 +180,13 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		metric.WithDescription("Keys a rate limit forgot for its max_keys bound, least recently used first."))
 	isolation, err21 := meter.Float64ObservableGauge("sidemesh.gossip.isolation", metric.WithUnit("s"),
 		metric.WithDescription("Seconds this member has been cut off from every other member of the gossip pool (they died, as far as it can tell); 0 when it is not. Past an API key set's max_isolation, its keys are refused."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17, err18, err19, err20, err21} {
+	limitBound, err22 := meter.Int64ObservableGauge("sidemesh.ratelimit.overshoot_bound", metric.WithUnit("{request}"),
+		metric.WithDescription("For a cluster rate limit: the most requests the edges may admit beyond its quota in one window, (edges - 1) × ⌈rate × (sync interval + delay)⌉, with the edges this one sees."))
+	limitPartitioned, err23 := meter.Int64ObservableGauge("sidemesh.ratelimit.partitioned", metric.WithUnit("{limit}"),
+		metric.WithDescription("1 while a cluster rate limit's edge is cut off from most of the edges it knew and applies the limit's on_partition behaviour; else 0."))
+	syncLate, err24 := meter.Int64ObservableCounter("sidemesh.ratelimit.sync.late", metric.WithUnit("{send}"),
+		metric.WithDescription("Sends of cluster rate limits' counts to another edge that took longer than edge.rate_limit_sync.delay (the overshoot bound assumes none do)."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17, err18, err19, err20, err21, err22, err23, err24} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -274,11 +289,18 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 				}
 				ob.ObserveInt64(limitKeys, st.Keys, metric.WithAttributes(attrs...))
 				ob.ObserveInt64(limitEvictions, st.Evictions, metric.WithAttributes(attrs...))
+				if st.Cluster {
+					ob.ObserveInt64(limitBound, st.Bound, metric.WithAttributes(attrs...))
+					ob.ObserveInt64(limitPartitioned, boolInt(st.Partitioned), metric.WithAttributes(attrs...))
+				}
 			}
+		}
+		if o.RateLimitSyncLate != nil {
+			ob.ObserveInt64(syncLate, o.RateLimitSyncLate())
 		}
 		return nil
 	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes, owners,
-		jwksAge, jwksFetches, unknownKeys, limited, limitKeys, limitEvictions, isolation)
+		jwksAge, jwksFetches, unknownKeys, limited, limitKeys, limitEvictions, isolation, limitBound, limitPartitioned, syncLate)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

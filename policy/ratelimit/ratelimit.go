@@ -107,6 +107,52 @@ func (l *Limiter) Allow(key string) Decision {
 	return d
 }
 
+// Take takes up to n tokens from key's bucket, as many as there are, and
+// returns how many it took; when none, also how long until one comes.
+func (l *Limiter) Take(key string, n int) (int, time.Duration) {
+	now := l.now()
+	b := l.bucket(key)
+	for k := min(n, int(b.lim.TokensAt(now))); k > 0; k-- {
+		if b.lim.AllowN(now, k) { // fails only when a concurrent Take got there first
+			return k, 0
+		}
+	}
+	return 0, seconds((1 - b.lim.TokensAt(now)) / l.limit.Rate)
+}
+
+// Tokens returns the tokens in key's bucket and whether l holds one for
+// key; it does not create one.
+func (l *Limiter) Tokens(key string) (float64, bool) {
+	l.mu.Lock()
+	e := l.buckets[key]
+	l.mu.Unlock()
+	if e == nil {
+		return 0, false
+	}
+	return e.Value.(*bucket).lim.TokensAt(l.now()), true
+}
+
+// Restore makes key's bucket hold tokens (rounded down) now, as another
+// holder of the key's state said it did.
+func (l *Limiter) Restore(key string, tokens float64) {
+	b := l.bucket(key)
+	now := l.now()
+	b.lim.SetLimitAt(now, rate.Limit(l.limit.Rate)) // refill to now before taking
+	if take := int(math.Ceil(b.lim.TokensAt(now) - max(tokens, 0))); take > 0 {
+		b.lim.AllowN(now, min(take, l.limit.Burst))
+	}
+}
+
+// Forget drops key's bucket.
+func (l *Limiter) Forget(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.buckets[key]; e != nil {
+		l.order.Remove(e)
+		delete(l.buckets, key)
+	}
+}
+
 // seconds converts a count of seconds to a duration, at least zero.
 func seconds(s float64) time.Duration {
 	if s <= 0 {

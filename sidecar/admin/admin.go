@@ -2,16 +2,39 @@
 // effective config, the state of its upstreams, discovery backends,
 // gossip pool and identity, recent availability events and traffic
 // history, as JSON. It listens on loopback by default. What it changes
-// is which endpoints are drained (PUT and DELETE /drain/{id}) and which
-// API keys are revoked (PUT and DELETE /api_keys/{set}/{id}/revoked),
-// with methods a cross-site form or script cannot send to it without a
-// CORS preflight, which it never grants.
+// is which endpoints are drained (PUT and DELETE /drain/{id}), which API
+// keys are revoked (PUT and DELETE /api_keys/{set}/{id}/revoked) and
+// which API keys an edge's sets hold besides those of their files (PUT
+// and DELETE /api_keys/{set}/{id}), with methods a cross-site form or
+// script cannot send to it without a CORS preflight, which it never
+// grants.
+//
+// PUT /api_keys/{set}/{id} takes {"key": "<secret>"} or {"sha256":
+// "<64 hex digits>"}, and optionally "expires" (RFC 3339) and
+// "metadata" (a map of strings). A key in the clear is hashed by the
+// handler at once: only its SHA-256 reaches the Provider, and no answer
+// or log line carries either. With a gossip pool the key reaches every
+// edge and outlives the edge it was added on; without one it is this
+// process's own until it exits.
 package admin
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
+)
+
+// Errors a Provider's methods wrap to say what the admin API answers:
+// ErrNotFound is a 404 (no such set or key), ErrConflict a 409 (the
+// change contradicts the config, such as removing a key of a file).
+// Other errors are a 400.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
 )
 
 // Provider supplies what the admin API shows. Its methods are called on
@@ -44,33 +67,148 @@ type Provider interface {
 	// Sticky returns the edge's sticky sessions; nil without sticky
 	// routes.
 	Sticky() *Sticky
+	// RateLimits returns the edge's routes' rate limits; nil without.
+	RateLimits() []RateLimit
 	// Drain drains the endpoint with discovery ID id (on) or ends its
 	// drain; Drained lists the drained IDs.
 	Drain(id string, on bool) error
 	Drained() []string
-	// APIKeys returns the edge's API key sets (IDs, expiries,
-	// revocations; never a key); RevokeAPIKey revokes one key of a set
-	// (on) or ends its revocation.
+	// APIKeys returns the edge's API key sets (IDs, sources, expiries,
+	// revocations; never a key nor its hash); RevokeAPIKey revokes one
+	// key of a set (on) or ends its revocation.
 	APIKeys() []APIKeySet
 	RevokeAPIKey(set, id string, on bool) error
+	// AddAPIKey adds a key to the set named set, or replaces the key of
+	// the same ID that was added the same way; RemoveAPIKey removes a
+	// key that was. Both wrap ErrNotFound for an unknown set (or, for
+	// RemoveAPIKey, key) and ErrConflict for a change that would
+	// contradict a key of the set's file.
+	AddAPIKey(set string, k NewAPIKey) error
+	RemoveAPIKey(set, id string) error
 }
 
 // APIKeySet is one API key set of an edge.
 type APIKeySet struct {
 	Name string      `json:"name"`
 	Keys []APIKeyRef `json:"keys"`
+	// Conflicts are the IDs of keys added through the admin API that
+	// this edge leaves out because a key of its file has the same ID or
+	// the same secret (the file wins): edges whose files differ.
+	Conflicts []string `json:"conflicts,omitempty"`
 }
 
-// APIKeyRef describes one key: never the key itself.
+// APIKeyRef describes one key: never the key itself nor its hash.
 type APIKeyRef struct {
-	ID      string     `json:"id"`
+	ID string `json:"id"`
+	// Source is "file" for a key of the set's file, "admin" for one
+	// added through PUT /api_keys/{set}/{id}.
+	Source  string     `json:"source"`
 	Expires *time.Time `json:"expires,omitempty"`
 	Revoked bool       `json:"revoked"`
+}
+
+// NewAPIKey is a key added through PUT /api_keys/{set}/{id}: the SHA-256
+// of its secret, never the secret.
+type NewAPIKey struct {
+	ID     string
+	SHA256 [32]byte
+	// Expires, when not zero, ends the key.
+	Expires  time.Time
+	Metadata map[string]string
+}
+
+// newAPIKeyBody is the body of PUT /api_keys/{set}/{id}.
+type newAPIKeyBody struct {
+	Key      string            `json:"key"`
+	SHA256   string            `json:"sha256"`
+	Expires  *time.Time        `json:"expires"`
+	Metadata map[string]string `json:"metadata"`
+}
+
+// maxAPIKeyBody bounds the body of PUT /api_keys/{set}/{id}.
+const maxAPIKeyBody = 16 << 10
+
+// minAPIKeyLen is the shortest key in the clear PUT /api_keys accepts,
+// as a key file does.
+const minAPIKeyLen = 16
+
+// parseNewAPIKey reads the body of PUT /api_keys/{set}/{id} and hashes
+// the key in it. Its errors never quote the key.
+func parseNewAPIKey(w http.ResponseWriter, r *http.Request) (NewAPIKey, error) {
+	var body newAPIKeyBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAPIKeyBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) { // its message quotes a character, which may be the key's
+			return NewAPIKey{}, fmt.Errorf("body: not JSON (at byte %d)", syntax.Offset)
+		}
+		return NewAPIKey{}, fmt.Errorf("body: want {\"key\" or \"sha256\", \"expires\", \"metadata\"}: %w", err)
+	}
+	k := NewAPIKey{ID: r.PathValue("id"), Metadata: body.Metadata}
+	if body.Expires != nil {
+		k.Expires = *body.Expires
+	}
+	switch {
+	case (body.Key == "") == (body.SHA256 == ""):
+		return NewAPIKey{}, errors.New("body: exactly one of key and sha256")
+	case body.Key != "":
+		if len(body.Key) < minAPIKeyLen {
+			return NewAPIKey{}, fmt.Errorf("body: the key is %d bytes; at least %d", len(body.Key), minAPIKeyLen)
+		}
+		k.SHA256 = sha256.Sum256([]byte(body.Key))
+	default:
+		b, err := hex.DecodeString(body.SHA256)
+		if err != nil || len(b) != sha256.Size {
+			return NewAPIKey{}, errors.New("body: sha256 must be 64 hex digits")
+		}
+		copy(k.SHA256[:], b)
+	}
+	return k, nil
+}
+
+// errorStatus is the status that answers a Provider's err.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict
+	}
+	return http.StatusBadRequest
 }
 
 // Drains is the answer of /drain: the drained endpoints' IDs.
 type Drains struct {
 	Drained []string `json:"drained"`
+}
+
+// RateLimit is one rate limit of an edge route: what it decided on this
+// edge and, for a limit shared by the edges, how many share it.
+type RateLimit struct {
+	Route string `json:"route"`
+	Name  string `json:"name"`
+	// Scope is local, cluster or exact.
+	Scope string `json:"scope"`
+	// Allowed and Refused count this edge's decisions; ShadowRefused
+	// those a limit with enforce: false would have refused.
+	Allowed       uint64 `json:"allowed"`
+	Refused       uint64 `json:"refused"`
+	ShadowRefused uint64 `json:"shadow_refused"`
+	// Keys are the keys this edge tracks, Evictions those it forgot for
+	// max_keys.
+	Keys      int    `json:"keys"`
+	Evictions uint64 `json:"evictions"`
+	// Edges counts the edges sharing the limit, this one included (1 for
+	// a local limit).
+	Edges int `json:"edges"`
+	// OvershootBound, for a cluster limit, is the most the edges may
+	// admit beyond the quota in one window.
+	OvershootBound int `json:"overshoot_bound,omitempty"`
+	// Partitioned reports that this edge sees fewer than a majority of
+	// the edges it knew: a cluster limit applies its on_partition, an
+	// exact one refuses.
+	Partitioned bool `json:"partitioned,omitempty"`
 }
 
 // Sticky is what an edge knows of its sticky sessions. It holds counts
@@ -277,6 +415,7 @@ type RetryHistory struct {
 //	GET /identity    the certificate's SPIFFE ID and seconds until it expires
 //	GET /metrics     every metric, Prometheus text format
 //	GET /routes      an edge's routes and its compiled table; null without an edge
+//	GET /api_keys    an edge's API key sets: IDs, sources, expiries, revocations
 //	GET /events      the last 100 availability events, newest first
 //	GET /history     traffic per upstream and inbound, 5 s points over 5 minutes
 func Handler(p Provider) http.Handler {
@@ -321,6 +460,9 @@ func Handler(p Provider) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("GET /rate_limits", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, nonNil(p.RateLimits()))
+	})
 	mux.HandleFunc("GET /drain", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, Drains{Drained: nonNil(p.Drained())})
 	})
@@ -339,12 +481,30 @@ func Handler(p Provider) http.Handler {
 	for method, on := range map[string]bool{"PUT": true, "DELETE": false} {
 		mux.HandleFunc(method+" /api_keys/{set}/{id}/revoked", func(w http.ResponseWriter, r *http.Request) {
 			if err := p.RevokeAPIKey(r.PathValue("set"), r.PathValue("id"), on); err != nil {
-				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+				writeJSON(w, errorStatus(err), map[string]string{"error": err.Error()})
 				return
 			}
 			writeJSON(w, http.StatusOK, map[string]any{"set": r.PathValue("set"), "id": r.PathValue("id"), "revoked": on})
 		})
 	}
+	mux.HandleFunc("PUT /api_keys/{set}/{id}", func(w http.ResponseWriter, r *http.Request) {
+		k, err := parseNewAPIKey(w, r)
+		if err == nil {
+			err = p.AddAPIKey(r.PathValue("set"), k)
+		}
+		if err != nil {
+			writeJSON(w, errorStatus(err), map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"set": r.PathValue("set"), "id": k.ID, "source": "admin"})
+	})
+	mux.HandleFunc("DELETE /api_keys/{set}/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := p.RemoveAPIKey(r.PathValue("set"), r.PathValue("id")); err != nil {
+			writeJSON(w, errorStatus(err), map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"set": r.PathValue("set"), "id": r.PathValue("id"), "removed": true})
+	})
 	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Events()))
 	})

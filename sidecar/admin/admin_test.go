@@ -2,8 +2,11 @@ package admin
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,10 +21,12 @@ type fake struct {
 	reason  string
 	id      *Identity
 	drained []string
+	added   map[string]NewAPIKey
 }
 
-func (f *fake) Routes() *Routes { return nil }
-func (f *fake) Sticky() *Sticky { return nil }
+func (f *fake) Routes() *Routes         { return nil }
+func (f *fake) Sticky() *Sticky         { return nil }
+func (f *fake) RateLimits() []RateLimit { return nil }
 func (f *fake) Drain(id string, on bool) error {
 	if id == "bad" {
 		return errors.New("drain: bad endpoint ID")
@@ -33,10 +38,50 @@ func (f *fake) Drain(id string, on bool) error {
 	}
 	return nil
 }
-func (f *fake) Drained() []string    { return f.drained }
-func (f *fake) APIKeys() []APIKeySet { return nil }
+func (f *fake) Drained() []string { return f.drained }
+func (f *fake) APIKeys() []APIKeySet {
+	set := APIKeySet{Name: "partners", Keys: []APIKeyRef{{ID: "acme", Source: "file"}}}
+	for id := range f.added {
+		set.Keys = append(set.Keys, APIKeyRef{ID: id, Source: "admin"})
+	}
+	return []APIKeySet{set}
+}
 func (f *fake) RevokeAPIKey(set, id string, on bool) error {
-	return errors.New("no API key sets")
+	if set != "partners" {
+		return fmt.Errorf("revoke: %w: no API key set is named %q", ErrNotFound, set)
+	}
+	return nil
+}
+
+// AddAPIKey and RemoveAPIKey act on one set, partners, whose file has
+// the key acme.
+func (f *fake) AddAPIKey(set string, k NewAPIKey) error {
+	switch {
+	case set != "partners":
+		return fmt.Errorf("add: %w: no API key set is named %q", ErrNotFound, set)
+	case k.ID == "acme":
+		return fmt.Errorf("add: %w: acme is a key of the file", ErrConflict)
+	case strings.ContainsAny(k.ID, "/\x00\r\n"):
+		return fmt.Errorf("add: bad key ID %q", k.ID)
+	}
+	if f.added == nil {
+		f.added = map[string]NewAPIKey{}
+	}
+	f.added[k.ID] = k
+	return nil
+}
+func (f *fake) RemoveAPIKey(set, id string) error {
+	switch {
+	case set != "partners":
+		return fmt.Errorf("remove: %w: no API key set is named %q", ErrNotFound, set)
+	case id == "acme":
+		return fmt.Errorf("remove: %w: acme is a key of the file: edit the file or revoke the key", ErrConflict)
+	}
+	if _, ok := f.added[id]; !ok {
+		return fmt.Errorf("remove: %w: no key %q was added", ErrNotFound, id)
+	}
+	delete(f.added, id)
+	return nil
 }
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
 func (f *fake) Config() any {
@@ -175,5 +220,68 @@ func TestDrain(t *testing.T) {
 		if code != step.code || step.body != "" && body != step.body {
 			t.Errorf("%s %s = %d %s, want %d %s", step.method, step.path, code, body, step.code, step.body)
 		}
+	}
+}
+
+// TestAPIKeyRoutes: PUT /api_keys/{set}/{id} hashes a key in the clear
+// at once (the Provider gets its SHA-256) or takes a SHA-256; each
+// mistake in the body, the ID or the set has its status, and neither
+// the key nor its hash is ever in an answer.
+func TestAPIKeyRoutes(t *testing.T) {
+	const secret = "hooli-secret-key-0001"
+	digest := sha256.Sum256([]byte(secret))
+	f := &fake{ready: true}
+	h := Handler(f)
+	do := func(method, path, body string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+		if strings.Contains(rec.Body.String(), secret) || strings.Contains(rec.Body.String(), hex.EncodeToString(digest[:])) {
+			t.Errorf("%s %s: the answer holds the key or its hash: %s", method, path, rec.Body)
+		}
+		return rec.Code, rec.Body.String()
+	}
+	for _, step := range []struct {
+		name, method, path, body string
+		code                     int
+		says                     string // in the answer
+	}{
+		{"key in the clear", "PUT", "/api_keys/partners/hooli", `{"key":"` + secret + `","expires":"2030-01-01T00:00:00Z","metadata":{"tier":"gold"}}`, 200, `"source": "admin"`},
+		{"sha256", "PUT", "/api_keys/partners/globex", `{"sha256":"` + strings.Repeat("ab", 32) + `"}`, 200, `"id": "globex"`},
+		{"unknown set", "PUT", "/api_keys/nope/hooli", `{"key":"` + secret + `"}`, 404, "no API key set"},
+		{"a file key's ID", "PUT", "/api_keys/partners/acme", `{"key":"` + secret + `"}`, 409, "file"},
+		{"short key", "PUT", "/api_keys/partners/x", `{"key":"short-key"}`, 400, "at least 16"},
+		{"both", "PUT", "/api_keys/partners/x", `{"key":"` + secret + `","sha256":"` + strings.Repeat("ab", 32) + `"}`, 400, "exactly one"},
+		{"neither", "PUT", "/api_keys/partners/x", `{"metadata":{}}`, 400, "exactly one"},
+		{"bad sha256", "PUT", "/api_keys/partners/x", `{"sha256":"abcd"}`, 400, "64 hex"},
+		{"non-hex sha256", "PUT", "/api_keys/partners/x", `{"sha256":"` + strings.Repeat("zz", 32) + `"}`, 400, "64 hex"},
+		{"bad expires", "PUT", "/api_keys/partners/x", `{"key":"` + secret + `","expires":"tomorrow"}`, 400, "body"},
+		{"unknown field", "PUT", "/api_keys/partners/x", `{"secret":"` + secret + `"}`, 400, "unknown field"},
+		{"not JSON", "PUT", "/api_keys/partners/x", `key=` + secret, 400, "not JSON"},
+		{"a control character in the key", "PUT", "/api_keys/partners/x", `{"key":"hooli-secret` + "\x01" + `-key"}`, 400, "not JSON (at byte"},
+		{"too large", "PUT", "/api_keys/partners/x", `{"key":"` + strings.Repeat("k", 20<<10) + `"}`, 400, "body"},
+		{"CR in the ID", "PUT", "/api_keys/partners/a%0Db", `{"key":"` + secret + `"}`, 400, "bad key ID"},
+		{"slash in the ID", "PUT", "/api_keys/partners/a%2Fb", `{"key":"` + secret + `"}`, 400, "bad key ID"},
+		{"remove a file key", "DELETE", "/api_keys/partners/acme", "", 409, "edit the file"},
+		{"remove an unknown key", "DELETE", "/api_keys/partners/nope", "", 404, "nope"},
+		{"remove from an unknown set", "DELETE", "/api_keys/nope/hooli", "", 404, "no API key set"},
+		{"revoke in an unknown set", "PUT", "/api_keys/nope/hooli/revoked", "", 404, "no API key set"},
+		{"POST", "POST", "/api_keys/partners/x", `{"key":"` + secret + `"}`, 405, ""},
+		{"remove", "DELETE", "/api_keys/partners/globex", "", 200, `"removed": true`},
+	} {
+		code, body := do(step.method, step.path, step.body)
+		if code != step.code || !strings.Contains(body, step.says) {
+			t.Errorf("%s: %s %s = %d %s, want %d with %q", step.name, step.method, step.path, code, body, step.code, step.says)
+		}
+	}
+	k := f.added["hooli"]
+	if k.SHA256 != digest || !k.Expires.Equal(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) || k.Metadata["tier"] != "gold" {
+		t.Errorf("the Provider got %+v", k)
+	}
+	if len(f.added) != 1 {
+		t.Errorf("keys added: %v, want hooli alone", f.added)
+	}
+	code, body := do("GET", "/api_keys", "")
+	if code != 200 || !strings.Contains(body, `"source": "file"`) || !strings.Contains(body, `"source": "admin"`) {
+		t.Errorf("GET /api_keys = %d %s", code, body)
 	}
 }

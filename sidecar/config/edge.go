@@ -29,6 +29,13 @@ type Edge struct {
 	// APIKeys are the API key sets routes may require (a route's
 	// auth.api_key names one).
 	APIKeys []APIKeySet `yaml:"api_keys"`
+	// Policy authorizes callers on every route, after the route's
+	// authentication (see EdgePolicy). Nil: no authorization; each
+	// route's auth decides, and a route without auth is public.
+	Policy *EdgePolicy `yaml:"policy"`
+	// RateLimitSync is how the edges exchange the counts of their
+	// cluster-scope rate limits.
+	RateLimitSync RateLimitSync `yaml:"rate_limit_sync"`
 }
 
 // EdgeListener is one client-facing listener.
@@ -297,6 +304,8 @@ func (v *validator) edge(c *Config) {
 	v.edgeSticky(c)
 	v.jwtProviders(e)
 	v.apiKeySets(e)
+	v.edgePolicy(e)
+	v.rateLimitSync(e.RateLimitSync)
 }
 
 // route checks route i; names maps each route name to its index.

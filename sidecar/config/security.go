@@ -192,6 +192,11 @@ func (v *validator) security(c *Config) {
 		if len(r.From) == 0 {
 			v.errorf(path+".from", "required: list callers, or \"*\" for any authenticated caller")
 		}
+		for j, f := range r.From {
+			if kind, _, ok := strings.Cut(f, ":"); ok && (kind == "jwt" || kind == "apikey" || kind == "cidr") {
+				v.errorf(fmt.Sprintf("%s.from[%d]", path, j), "%s names an edge caller; mesh callers are workloads (service names, SPIFFE IDs): put it in edge.policy", quote(f))
+			}
+		}
 		v.oneOf(path+".action", "action", r.Action, []string{"allow", "deny"})
 		for j, pth := range append(append([]string(nil), r.Paths...), r.ExactPaths...) {
 			if !strings.HasPrefix(pth, "/") {

@@ -27,7 +27,8 @@ type Verifier interface {
 // (or whose provider has no keys yet: it fails closed), is answered 401
 // with a WWW-Authenticate challenge (RFC 6750); one whose token verifies
 // but does not grant the required scopes or claims, 403. Otherwise the
-// filter records the principal in the request's Info, replaces the
+// filter records the principal and the token's claims in the request's
+// Info (for edge.policy), replaces the
 // forwarded claims' headers (a client's copies are removed first), and
 // removes the token unless a.ForwardToken.
 func AuthFilter(v Verifier, from config.TokenSource, a *config.RouteAuth) pipeline.Filter {
@@ -48,7 +49,10 @@ func AuthFilter(v Verifier, from config.TokenSource, a *config.RouteAuth) pipeli
 			return e
 		}
 		if info := pipeline.InfoFrom(r.Context()); info != nil {
-			info.Principal = p.ID
+			info.Principal, info.Claims = p.ID, p.Claims
+			if info.Claims == nil {
+				info.Claims = map[string]any{} // a verified token, even without claims
+			}
 		}
 		if missing := lacks(p, a.Require); missing != "" {
 			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="sidemesh", error="insufficient_scope", scope=%q`, strings.Join(a.Require.Scopes, " ")))
@@ -169,7 +173,8 @@ type KeyVerifier interface {
 // carry a key of ks, in set's header (or, when set.Query is set, that
 // query parameter). Without one, or with one that is unknown, expired
 // or revoked, the request is answered 401. Otherwise the filter records
-// the principal ("apikey:<set>:<id>"), forwards the key's ID and
+// the principal ("apikey:<set>:<id>") and the set and key ID in the
+// request's Info (for edge.policy), forwards the key's ID and
 // metadata as a.ForwardClaims says ("id", or a metadata name; client
 // copies of those headers removed first), and, with
 // set.HideCredentials, removes the key from the request.
@@ -201,7 +206,7 @@ func APIKeyFilter(ks KeyVerifier, set config.APIKeySet, a *config.RouteAuth, now
 			return e
 		}
 		if info := pipeline.InfoFrom(r.Context()); info != nil {
-			info.Principal = k.Principal
+			info.Principal, info.APIKeySet, info.APIKeyID = k.Principal, set.Name, k.ID
 		}
 		for field, h := range a.ForwardClaims {
 			r.Header.Del(h)

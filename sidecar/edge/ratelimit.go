@@ -20,15 +20,27 @@ import (
 type RouteLimit struct {
 	Route string
 	Cfg   config.RateLimit
-	*ratelimit.Limiter
+	Buckets
 	quoted string // the name as the RateLimit headers write it
 
 	allowed, refused, shadowRefused atomic.Uint64
 }
 
-// NewRouteLimit returns the limit cfg of route, with empty buckets.
-func NewRouteLimit(route string, cfg config.RateLimit) *RouteLimit {
-	return &RouteLimit{Route: route, Cfg: cfg, Limiter: ratelimit.New(cfg.Bucket(), cfg.MaxKeys, nil), quoted: strconv.Quote(cfg.LimitName())}
+// Buckets is where a limit counts: a ratelimit.Limiter (scope local) or
+// a ratelimit.Cluster (scope cluster). Implementations are safe for
+// concurrent use.
+type Buckets interface {
+	Allow(key string) ratelimit.Decision
+	Stats() ratelimit.Stats
+}
+
+// NewRouteLimit returns the limit cfg of route counting in b; nil b:
+// new, empty local buckets.
+func NewRouteLimit(route string, cfg config.RateLimit, b Buckets) *RouteLimit {
+	if b == nil {
+		b = ratelimit.New(cfg.Bucket(), cfg.MaxKeys, nil)
+	}
+	return &RouteLimit{Route: route, Cfg: cfg, Buckets: b, quoted: strconv.Quote(cfg.LimitName())}
 }
 
 // LimitStats are what a limit decided, and its keys.
@@ -38,14 +50,31 @@ type LimitStats struct {
 	// in shadow mode (enforce: false) would have refused.
 	Allowed, Refused, ShadowRefused uint64
 	ratelimit.Stats
+	// Scope is the limit's scope. For a cluster limit, Edges counts the
+	// edges sharing it (this one included), Bound is the most they may
+	// admit beyond the quota in a window, and Partitioned reports that
+	// this edge is cut off from most of them (on_partition applies).
+	Scope       string
+	Edges       int
+	Bound       int
+	Partitioned bool
 }
 
 // Stats returns l's counters.
 func (l *RouteLimit) Stats() LimitStats {
-	return LimitStats{
+	st := LimitStats{
 		Route: l.Route, Name: l.Cfg.LimitName(), Allowed: l.allowed.Load(), Refused: l.refused.Load(),
-		ShadowRefused: l.shadowRefused.Load(), Stats: l.Limiter.Stats(),
+		ShadowRefused: l.shadowRefused.Load(), Stats: l.Buckets.Stats(), Scope: config.RateLimitLocal, Edges: 1,
 	}
+	switch b := l.Buckets.(type) {
+	case *ratelimit.Cluster:
+		v := b.View()
+		st.Scope, st.Edges, st.Bound, st.Partitioned = config.RateLimitCluster, v.Edges, b.Bound(), v.Partitioned
+	case interface{ Edges() (int, bool) }: // scope: exact
+		st.Scope = config.RateLimitExact
+		st.Edges, st.Partitioned = b.Edges()
+	}
+	return st
 }
 
 // RateLimitFilter returns the filter that takes a token from each of

@@ -44,6 +44,11 @@ type RouterOptions struct {
 	// section; it runs first of the route's filters. Nil when no route
 	// has one.
 	Auth func(*config.Route) pipeline.Filter
+	// Authorize returns the authorization filter of a route (see
+	// AuthorizeFilter); it runs after authentication and before rate
+	// limits, on every route. Nil when the edge has no edge.policy: then
+	// each route's auth alone decides.
+	Authorize func(*config.Route) pipeline.Filter
 	// RateLimits returns the rate limits of a route with rate_limits;
 	// they run after authentication. Nil when no route has any.
 	RateLimits func(*config.Route) []*RouteLimit
@@ -148,13 +153,16 @@ func (rt *Router) Route(r *http.Request) *pipeline.Route {
 	return rt.notFound
 }
 
-// routeFilters are route's own filters, in order: authentication, rate
-// limits, the body limit, request headers, the rewrite (under matched prefix),
-// response headers, the sticky session.
+// routeFilters are route's own filters, in order: authentication,
+// authorization, rate limits, the body limit, request headers, the
+// rewrite (under matched prefix), response headers, the sticky session.
 func routeFilters(rc *config.Route, prefix string, o RouterOptions) []pipeline.Filter {
 	var fs []pipeline.Filter
 	if rc.Auth != nil && o.Auth != nil {
 		fs = append(fs, o.Auth(rc))
+	}
+	if o.Authorize != nil {
+		fs = append(fs, o.Authorize(rc))
 	}
 	if len(rc.RateLimits) > 0 && o.RateLimits != nil {
 		fs = append(fs, RateLimitFilter(o.RateLimits(rc)))

@@ -30,7 +30,8 @@ type Info struct {
 	// Peer is the caller's verified SPIFFE ID (mutual TLS).
 	Peer string
 	// PolicyRule names the authorization rule that decided, and
-	// PolicyAllowed its decision; empty when no policy ran.
+	// PolicyAllowed its decision; empty when no policy ran. The inbound
+	// listener's policy and the edge's (edge.policy) set them.
 	PolicyRule    string
 	PolicyAllowed bool
 
@@ -50,8 +51,17 @@ type Info struct {
 	RebindKey      uint64
 	Backend        string
 	// Principal is who an edge route's authentication found the caller
-	// to be: "jwt:<provider>:<subject>"; empty when the route has none.
+	// to be: "jwt:<provider>:<subject>" or "apikey:<set>:<id>"; empty
+	// when the route has none.
 	Principal string
+	// Claims are the claims of the caller's verified JWT, as
+	// encoding/json decodes them; non-nil exactly when an edge route's
+	// auth.jwt verified a token. They are shared with the token cache:
+	// read only.
+	Claims map[string]any
+	// APIKeySet and APIKeyID name the caller's verified API key (an
+	// edge route's auth.api_key); empty without one.
+	APIKeySet, APIKeyID string
 	// Sticky says what the sticky session filter did, for telemetry:
 	// "hit", "new", "rebind", "miss" (no usable session), or empty on a
 	// route without sticky sessions.
