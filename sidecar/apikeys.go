@@ -196,7 +196,11 @@ func (s *Sidecar) AddAPIKey(set string, k authn.AdminKey) error {
 	if len(value) > gossip.MaxValueLen { // with or without a pool, the same keys fit
 		return fmt.Errorf("add API key %s/%s: the key and its metadata take %d bytes encoded; at most %d", set, k.ID, len(value), gossip.MaxValueLen)
 	}
-	if err := s.added.put(set+"/"+k.ID, value); err != nil {
+	var ttl time.Duration // an expired key's entry leaves the pool a minute after the key ends
+	if !k.Expires.IsZero() {
+		ttl = k.Expires.Sub(s.clock()) + time.Minute
+	}
+	if err := s.added.put(set+"/"+k.ID, value, ttl); err != nil {
 		return fmt.Errorf("add API key %s/%s: %w", set, k.ID, err)
 	}
 	return nil

@@ -79,7 +79,8 @@ func TestAPIKeyAddedAcrossEdges(t *testing.T) {
 		}
 	}
 
-	if code, body := adminDo(edges[0], "PUT", "/api_keys/partners/hooli", `{"key":"`+secret+`","metadata":{"tier":"gold"}}`); code != 200 {
+	expires := time.Now().Add(24 * time.Hour).UTC().Truncate(time.Second)
+	if code, body := adminDo(edges[0], "PUT", "/api_keys/partners/hooli", `{"key":"`+secret+`","metadata":{"tier":"gold"},"expires":"`+expires.Format(time.RFC3339)+`"}`); code != 200 {
 		t.Fatalf("add through A: %d %s", code, body)
 	}
 	if code := call(addrs[0], secret); code != 200 {
@@ -99,6 +100,9 @@ func TestAPIKeyAddedAcrossEdges(t *testing.T) {
 		if !ok || entry.Tied || !strings.Contains(string(entry.Value), hex.EncodeToString(digest[:])) {
 			t.Errorf("edge-%d: entry %+v %v, want an untied entry with the key's SHA-256", i, entry, ok)
 		}
+		if d := entry.Expires.Sub(expires); d < 59*time.Second || d > 61*time.Second {
+			t.Errorf("edge-%d: the entry expires %v after the key; want a minute", i, d)
+		}
 		code, body := adminDo(e, "GET", "/api_keys", "")
 		if code != 200 || strings.Contains(body, secret) || strings.Contains(body, hex.EncodeToString(digest[:])) {
 			t.Errorf("edge-%d: GET /api_keys = %d and holds the key or its hash:\n%s", i, code, body)
@@ -106,7 +110,8 @@ func TestAPIKeyAddedAcrossEdges(t *testing.T) {
 		var got struct{ Sets []admin.APIKeySet }
 		json.Unmarshal([]byte(body), &got)
 		if len(got.Sets) != 1 || len(got.Sets[0].Keys) != 2 ||
-			got.Sets[0].Keys[0] != (admin.APIKeyRef{ID: "acme", Source: "file"}) || got.Sets[0].Keys[1] != (admin.APIKeyRef{ID: "hooli", Source: "admin"}) {
+			got.Sets[0].Keys[0] != (admin.APIKeyRef{ID: "acme", Source: "file"}) ||
+			got.Sets[0].Keys[1].ID != "hooli" || got.Sets[0].Keys[1].Source != "admin" || got.Sets[0].Keys[1].Expires == nil || !got.Sets[0].Keys[1].Expires.Equal(expires) {
 			t.Errorf("edge-%d: GET /api_keys = %+v", i, got)
 		}
 	}

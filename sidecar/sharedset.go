@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sidemesh/sidemesh/discovery/gossip"
 )
@@ -54,13 +55,15 @@ func newSharedMap(pool *gossip.Pool, prefix string, apply func(map[string][]byte
 // set adds name (on) or removes it.
 func (s *sharedSet) set(name string, on bool) error {
 	if on {
-		return s.put(name, nil)
+		return s.put(name, nil, 0)
 	}
 	return s.remove(name)
 }
 
-// put adds name with value, or replaces its value.
-func (s *sharedSet) put(name string, value []byte) error {
+// put adds name with value, or replaces its value. With a pool and a
+// positive ttl the entry expires on every member that long after the
+// write; without a pool ttl is ignored (the reader checks expiry).
+func (s *sharedSet) put(name string, value []byte, ttl time.Duration) error {
 	if err := s.checkName(name); err != nil {
 		return err
 	}
@@ -68,7 +71,7 @@ func (s *sharedSet) put(name string, value []byte) error {
 		s.mu.Lock()
 		s.local[name] = slices.Clone(value)
 		s.mu.Unlock()
-	} else if err := s.store.Set(s.prefix+name, value, gossip.SetOptions{}); err != nil {
+	} else if err := s.store.Set(s.prefix+name, value, gossip.SetOptions{TTL: max(ttl, 0)}); err != nil {
 		return err
 	}
 	s.refresh() // at once here; the subscription catches up too
