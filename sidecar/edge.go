@@ -162,7 +162,8 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 			// Policy denies every request rather than let them all in.
 			s.log.Error("edge policy does not compile: denying every request", "error", err)
 		}
-		authorize = func(rc *config.Route) pipeline.Filter { return edge.AuthorizeFilter(pol, rc.Name) }
+		denied := s.tel.Metrics().PolicyDenial
+		authorize = func(rc *config.Route) pipeline.Filter { return edge.AuthorizeFilter(pol, rc.Name, denied) }
 	}
 	backends := &edgeBackends{ups: ups, variants: variants, made: map[backendKey]pipeline.Handler{}}
 	fwd := &proxy.Forwarded{Trusted: cfg.TrustedPrefixes()}

@@ -180,7 +180,7 @@ func newMetrics(m metric.Meter) (*Metrics, error) {
 		metric.WithDescription("Outlier ejections of an endpoint."))
 	note(err)
 	x.denials, err = m.Int64Counter("sidemesh.policy.denials", metric.WithUnit("{request}"),
-		metric.WithDescription("Inbound requests and connections the authorization policy denied, by the rule that decided."))
+		metric.WithDescription("Requests and connections an authorization policy denied (the inbound listener's, or the edge's edge.policy), by the rule that decided."))
 	note(err)
 	x.tcpConns, err = m.Int64Counter("sidemesh.tcp.connections", metric.WithUnit("{connection}"),
 		metric.WithDescription("TCP connections proxied to an upstream, by endpoint, counted when they end; error.type says why one failed."))

@@ -23,9 +23,10 @@ import (
 // request 403 denied. The answer names the deciding rule but not its
 // reason, which would tell an outside client what the policy wants; a
 // decision by default gives its reason ("the caller is not
-// authenticated"). a must be safe for concurrent use and must not block;
-// *policy.Policy is.
-func AuthorizeFilter(a policy.Authorizer, route string) pipeline.Filter {
+// authenticated"). denied, when not nil, is told the rule of each denial
+// (for the sidemesh.policy.denials metric). a must be safe for
+// concurrent use and must not block; *policy.Policy is.
+func AuthorizeFilter(a policy.Authorizer, route string, denied func(rule string)) pipeline.Filter {
 	return pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
 		info := pipeline.InfoFrom(r.Context())
 		if info == nil {
@@ -46,6 +47,9 @@ func AuthorizeFilter(a policy.Authorizer, route string) pipeline.Filter {
 		})
 		info.PolicyRule, info.PolicyAllowed = d.Rule, d.Allow
 		if !d.Allow {
+			if denied != nil {
+				denied(d.Rule)
+			}
 			if d.Rule == policy.DefaultRule {
 				return pipeline.Errorf(http.StatusForbidden, pipeline.KindDenied, "%s", d.Reason)
 			}

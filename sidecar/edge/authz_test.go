@@ -50,9 +50,10 @@ func TestEdgePolicy(t *testing.T) {
 	}
 	app := startRecordingBackend(t, "app")
 	logPath := filepath.Join(dir, "access.log")
-	ln := meshtest.Listen(t)
+	ln, adminLn := meshtest.Listen(t), meshtest.Listen(t)
 	addr := ln.Addr().String()
 	startEdge(t, fmt.Sprintf(`
+admin: { listen: %s }
 edge:
   listeners: [{ listen: %s }]
   jwt_providers: [{ name: idp, issuer: "https://idp.test", audiences: [shop], jwks_url: %s }]
@@ -78,7 +79,7 @@ trusted_proxies: [127.0.0.0/8]
 telemetry:
   access_log: %s
   tracing: { otlp_endpoint: %s, sample_ratio: 1 }
-`, addr, jwks.URL, keys, app.addr, logPath, rcv.GRPCAddr()), ln)
+`, adminLn.Addr().String(), addr, jwks.URL, keys, app.addr, logPath, rcv.GRPCAddr()), ln, adminLn)
 	c := newClient(t)
 
 	ada := token(map[string]any{"sub": "ada"})
@@ -129,6 +130,15 @@ telemetry:
 	}
 	if seen := app.take(); len(seen) == 0 || seen[0].Target != "/orders/1" {
 		t.Errorf("backend saw %+v", seen)
+	}
+	metrics := string(scrape(t, adminLn.Addr().String()))
+	for _, want := range []string{
+		`sidemesh_policy_denials_total{sidemesh_policy_rule="edge.policy.rules[1]"} 1`,
+		`sidemesh_policy_denials_total{sidemesh_policy_rule="default"} 3`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 
 	// The access log and the spans carry each decision.
