@@ -5,6 +5,7 @@
 package meshtest
 
 import (
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"testing"
@@ -75,15 +76,45 @@ func Listen(t testing.TB) net.Listener {
 // what must bind an address itself: another process (a Consul agent, a
 // sidemesh binary) or a library that takes only an address (memberlist).
 // Another test may take the port in between: prefer Listen.
+//
+// The port is drawn at random below Linux's ephemeral range (32768 and
+// up), from which the kernel picks the local ports of outgoing
+// connections and of listeners on port 0: a port from that range, closed
+// and handed to another process, was often taken by some connection
+// before that process could bind it.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, false)))
 }
+
+// freePort returns a random loopback port in [freeLow, freeHigh] that
+// was free for TCP (and, with udp, for UDP) a moment ago.
+func freePort(t testing.TB, udp bool) int {
+	t.Helper()
+	for range 200 {
+		port := freeLow + rand.IntN(freeHigh-freeLow+1)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		if udp {
+			u, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				l.Close()
+				continue
+			}
+			u.Close()
+		}
+		l.Close()
+		return port
+	}
+	t.Fatalf("meshtest: no free loopback port in %d-%d after 200 tries", freeLow, freeHigh)
+	return 0
+}
+
+// The ports FreeAddr draws from: below the ephemeral range.
+const freeLow, freeHigh = 20000, 32767
 
 // FreePort is FreeAddr's port.
 func FreePort(t testing.TB) int {
@@ -98,19 +129,5 @@ func FreePort(t testing.TB) int {
 // both a moment ago. The same race as FreeAddr's applies.
 func FreeUDPAndTCPPort(t testing.TB) int {
 	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("meshtest: no loopback port free for both TCP and UDP")
-	return 0
+	return freePort(t, true)
 }
