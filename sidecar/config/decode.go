@@ -83,6 +83,13 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	switch {
+	case v.Type() == jsonValueType:
+		b, err := yamlToJSON(n)
+		if err != nil {
+			d.errorf(pos, path, "%v", err)
+			return
+		}
+		v.SetBytes(b)
 	case v.Kind() == reflect.Pointer && v.Type().Elem().Kind() != reflect.Struct:
 		// An optional scalar (*bool): set means written in the file.
 		elem := reflect.New(v.Type().Elem())
