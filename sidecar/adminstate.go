@@ -195,6 +195,12 @@ func (a adminState) AddAPIKey(set string, k admin.NewAPIKey) error {
 // RemoveAPIKey implements admin.Provider.
 func (a adminState) RemoveAPIKey(set, id string) error { return a.s.RemoveAPIKey(set, id) }
 
+// Cache implements admin.Provider.
+func (a adminState) Cache() *admin.Cache { return a.s.CacheStats() }
+
+// PurgeCache implements admin.Provider.
+func (a adminState) PurgeCache(p admin.CachePurge) (int, error) { return a.s.PurgeCache(p) }
+
 // Drain implements admin.Provider.
 func (a adminState) Drain(id string, on bool) error { return a.s.Drain(id, on) }
 

@@ -12,6 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sidemesh/sidemesh/discovery/gossip"
+	"github.com/sidemesh/sidemesh/sidecar/breaker"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/edge"
 	"github.com/sidemesh/sidemesh/sidecar/pipeline"
@@ -154,6 +155,7 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 	}
 	table := edge.Compile(cfg.Edge.Routes)
 	limits := s.routeLimits(cfg)
+	cacheFilter := s.cacheFilter(cfg)
 	var authorize func(*config.Route) pipeline.Filter
 	if pc := cfg.Edge.Policy; pc != nil {
 		pol, err := pc.Compile()
@@ -179,6 +181,7 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 		}
 		o.Auth = s.authFilter
 		o.Authorize = authorize
+		o.Cache = cacheFilter
 		if len(limits) > 0 {
 			o.RateLimits = func(rc *config.Route) []*edge.RouteLimit { return limits[rc.Name] }
 		}
@@ -195,7 +198,8 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 func variantKey(service, policy string) string { return service + "#" + policy }
 
 // edgeVariants returns the upstream configs the edge's balancer overrides
-// need: each backend service of such a route, with the route's policy.
+// need: each backend (or aggregate leg) service of such a route, with the
+// route's policy.
 func edgeVariants(cfg *config.Config) map[string]config.Upstream {
 	out := map[string]config.Upstream{}
 	if cfg.Edge == nil {
@@ -205,11 +209,20 @@ func edgeVariants(cfg *config.Config) map[string]config.Upstream {
 		if r.Balancer == "" {
 			continue
 		}
+		var services []string
 		for _, b := range r.Backends {
+			services = append(services, b.Service)
+		}
+		if r.Aggregate != nil {
+			for _, l := range r.Aggregate.Legs {
+				services = append(services, l.Service)
+			}
+		}
+		for _, svc := range services {
 			for _, u := range cfg.Upstreams {
-				if u.Service == b.Service && u.Balancer != r.Balancer {
+				if u.Service == svc && u.Balancer != r.Balancer {
 					u.Balancer = r.Balancer
-					out[variantKey(b.Service, r.Balancer)] = u
+					out[variantKey(svc, r.Balancer)] = u
 				}
 			}
 		}
@@ -263,6 +276,28 @@ func (b *edgeBackends) Handler(route *config.Route, service string) pipeline.Han
 	}
 	b.made[key] = h
 	return h
+}
+
+// BreakerOpen implements edge.BreakerChecker: whether the upstream
+// Handler would use for route and service has endpoints, all behind an
+// open breaker (the balancer would send to one anyway, in panic mode).
+func (b *edgeBackends) BreakerOpen(route *config.Route, service string) bool {
+	u := b.ups[service]
+	if route.Balancer != "" {
+		if v := b.variants[variantKey(service, route.Balancer)]; v != nil {
+			u = v
+		}
+	}
+	if u == nil || u.bal == nil {
+		return false
+	}
+	eps := u.bal.Endpoints()
+	for _, ep := range eps {
+		if ep.BreakerState() != breaker.Open {
+			return false
+		}
+	}
+	return len(eps) > 0
 }
 
 // routeDigestKey is the gossip store key under which member publishes

@@ -91,6 +91,8 @@ type Sidecar struct {
 	// added holds the API keys added through the admin API (of any edge),
 	// "<set>/<id>" → addedKey, shared by the gossip pool.
 	added *sharedSet
+	// cache is the edge's response cache and its purges (edgeCache).
+	cache edgeCache
 	// isolatedSince is when this sidecar was cut off from its gossip
 	// pool (Unix nanoseconds); 0 when it is not (watchIsolation).
 	isolatedSince atomic.Int64
@@ -166,6 +168,9 @@ func (s *Sidecar) Start(ctx context.Context) error {
 	s.drains = newSharedSet(b.pool, drainPrefix, s.drained.Set)
 	s.revoked = newSharedSet(b.pool, revokedPrefix, s.applyRevoked)
 	s.added = newSharedMap(b.pool, addedPrefix, s.applyAddedKeys)
+	if b.pool != nil {
+		s.cache.purges = newSharedMap(b.pool, cachePurgePrefix, s.applyCachePurges)
+	}
 	if b.pool != nil {
 		go s.watchIsolation(s.life, b.pool)
 		s.sharedLimits = newSharedLimits(b.pool, s.log)

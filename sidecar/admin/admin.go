@@ -3,9 +3,10 @@
 // gossip pool and identity, recent availability events and traffic
 // history, as JSON. It listens on loopback by default. What it changes
 // is which endpoints are drained (PUT and DELETE /drain/{id}), which API
-// keys are revoked (PUT and DELETE /api_keys/{set}/{id}/revoked) and
+// keys are revoked (PUT and DELETE /api_keys/{set}/{id}/revoked),
 // which API keys an edge's sets hold besides those of their files (PUT
-// and DELETE /api_keys/{set}/{id}), with methods a cross-site form or
+// and DELETE /api_keys/{set}/{id}) and which responses the edges' caches
+// hold (DELETE /cache), with methods a cross-site form or
 // script cannot send to it without a CORS preflight, which it never
 // grants.
 //
@@ -85,6 +86,43 @@ type Provider interface {
 	// contradict a key of the set's file.
 	AddAPIKey(set string, k NewAPIKey) error
 	RemoveAPIKey(set, id string) error
+	// Cache returns the edge's response cache counters; nil when no
+	// route caches. PurgeCache removes the responses a purge names, on
+	// every edge of the gossip pool, and returns how many this edge
+	// removed; it wraps ErrNotFound when no route caches.
+	Cache() *Cache
+	PurgeCache(p CachePurge) (int, error)
+}
+
+// Cache is an edge's response cache (GET /cache).
+type Cache struct {
+	// Entries counts the stored responses, every Vary variant apart;
+	// Bytes is the memory they take (an estimate), within MaxBytes.
+	Entries       int   `json:"entries"`
+	Bytes         int64 `json:"bytes"`
+	MaxBytes      int64 `json:"max_bytes"`
+	MaxEntryBytes int64 `json:"max_entry_bytes"`
+	// Hits counts requests answered from the cache, Misses those that
+	// went to a backend (absent, stale or revalidated), Stores the
+	// responses stored, Evictions those the byte bound evicted, Purged
+	// those purges removed, since the cache was created.
+	Hits      uint64 `json:"hits"`
+	Misses    uint64 `json:"misses"`
+	Stores    uint64 `json:"stores"`
+	Evictions uint64 `json:"evictions"`
+	Purged    uint64 `json:"purged"`
+	// Waiting counts the requests waiting now for another request's
+	// fetch of the same response (concurrent misses make one).
+	Waiting int64 `json:"waiting"`
+}
+
+// CachePurge names the responses DELETE /cache removes: those of Key, a
+// path (/img/logo.png?v=2: every host) or a URL (https://shop.example.com/img/logo.png:
+// that host), or those tagged Tag by their route's tags header
+// (Surrogate-Key). Exactly one is set.
+type CachePurge struct {
+	Key string `json:"key,omitempty"`
+	Tag string `json:"tag,omitempty"`
 }
 
 // APIKeySet is one API key set of an edge.
@@ -418,6 +456,8 @@ type RetryHistory struct {
 //	GET /api_keys    an edge's API key sets: IDs, sources, expiries, revocations
 //	GET /events      the last 100 availability events, newest first
 //	GET /history     traffic per upstream and inbound, 5 s points over 5 minutes
+//	GET /cache       an edge's response cache: entries, bytes, hits, misses, evictions
+//	DELETE /cache?key=<path or URL> or ?tag=<tag>   purge, on every edge of the gossip pool
 func Handler(p Provider) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", dashboard())
@@ -504,6 +544,24 @@ func Handler(p Provider) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"set": r.PathValue("set"), "id": r.PathValue("id"), "removed": true})
+	})
+	mux.HandleFunc("GET /cache", func(w http.ResponseWriter, r *http.Request) {
+		c := p.Cache()
+		if c == nil {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no route has a cache section"})
+			return
+		}
+		writeJSON(w, http.StatusOK, c)
+	})
+	mux.HandleFunc("DELETE /cache", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		purge := CachePurge{Key: q.Get("key"), Tag: q.Get("tag")}
+		n, err := p.PurgeCache(purge)
+		if err != nil {
+			writeJSON(w, errorStatus(err), map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"key": purge.Key, "tag": purge.Tag, "purged_here": n})
 	})
 	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(p.Events()))

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -22,6 +23,8 @@ type fake struct {
 	id      *Identity
 	drained []string
 	added   map[string]NewAPIKey
+	cached  bool
+	purges  []CachePurge
 }
 
 func (f *fake) Routes() *Routes         { return nil }
@@ -82,6 +85,28 @@ func (f *fake) RemoveAPIKey(set, id string) error {
 	}
 	delete(f.added, id)
 	return nil
+}
+
+// Cache and PurgeCache act on a cache of two responses, tagged "img",
+// once cached is set.
+func (f *fake) Cache() *Cache {
+	if !f.cached {
+		return nil
+	}
+	return &Cache{Entries: 2 - len(f.purges), Bytes: 100, MaxBytes: 1000, Hits: 3, Misses: 1}
+}
+func (f *fake) PurgeCache(p CachePurge) (int, error) {
+	switch {
+	case !f.cached:
+		return 0, fmt.Errorf("purge: %w: no route has a cache section", ErrNotFound)
+	case (p.Key == "") == (p.Tag == ""):
+		return 0, errors.New("purge: give exactly one of key and tag")
+	}
+	f.purges = append(f.purges, p)
+	if p.Tag == "img" {
+		return 2, nil
+	}
+	return 1, nil
 }
 func (f *fake) Ready() (bool, string) { return f.ready, f.reason }
 func (f *fake) Config() any {
@@ -283,5 +308,49 @@ func TestAPIKeyRoutes(t *testing.T) {
 	code, body := do("GET", "/api_keys", "")
 	if code != 200 || !strings.Contains(body, `"source": "file"`) || !strings.Contains(body, `"source": "admin"`) {
 		t.Errorf("GET /api_keys = %d %s", code, body)
+	}
+}
+
+// TestCache: GET /cache shows the counters (404 without a cached
+// route); DELETE /cache purges by key or tag, exactly one, and answers
+// how many responses this edge removed; a GET or POST purges nothing.
+func TestCache(t *testing.T) {
+	f := &fake{ready: true}
+	h := Handler(f)
+	do := func(method, path string) (int, map[string]any) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+		var body map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil && rec.Code != http.StatusMethodNotAllowed {
+			t.Fatalf("%s %s: not JSON: %q", method, path, rec.Body.String())
+		}
+		return rec.Code, body
+	}
+	if code, _ := do("GET", "/cache"); code != 404 {
+		t.Errorf("GET /cache without a cache = %d, want 404", code)
+	}
+	if code, body := do("DELETE", "/cache?key=/a"); code != 404 || !strings.Contains(fmt.Sprint(body["error"]), "no route has a cache") {
+		t.Errorf("DELETE /cache without a cache = %d %v, want 404", code, body)
+	}
+	f.cached = true
+	if code, body := do("GET", "/cache"); code != 200 || body["entries"] != 2.0 || body["hits"] != 3.0 || body["max_bytes"] != 1000.0 {
+		t.Errorf("GET /cache = %d %v", code, body)
+	}
+	if code, body := do("DELETE", "/cache?key="+url.QueryEscape("https://shop.example.com/a?v=1")); code != 200 || body["purged_here"] != 1.0 || body["key"] != "https://shop.example.com/a?v=1" {
+		t.Errorf("DELETE /cache?key= = %d %v", code, body)
+	}
+	if code, body := do("DELETE", "/cache?tag=img"); code != 200 || body["purged_here"] != 2.0 || body["tag"] != "img" {
+		t.Errorf("DELETE /cache?tag= = %d %v", code, body)
+	}
+	for _, path := range []string{"/cache", "/cache?key=/a&tag=img"} {
+		if code, _ := do("DELETE", path); code != 400 {
+			t.Errorf("DELETE %s = %d, want 400", path, code)
+		}
+	}
+	if code, _ := do("POST", "/cache?tag=img"); code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /cache = %d, want 405", code)
+	}
+	if want := []CachePurge{{Key: "https://shop.example.com/a?v=1"}, {Tag: "img"}}; !slices.Equal(f.purges, want) {
+		t.Errorf("purges %v, want %v", f.purges, want)
 	}
 }

@@ -36,6 +36,9 @@ type Edge struct {
 	// RateLimitSync is how the edges exchange the counts of their
 	// cluster-scope rate limits.
 	RateLimitSync RateLimitSync `yaml:"rate_limit_sync"`
+	// Cache bounds the response cache the routes with a cache section
+	// share (see EdgeCache). Nil: the defaults.
+	Cache *EdgeCache `yaml:"cache"`
 }
 
 // EdgeListener is one client-facing listener.
@@ -123,6 +126,16 @@ type Route struct {
 	// from every limit's bucket for its key, and is refused (429) when
 	// an enforced one is empty.
 	RateLimits []RateLimit `yaml:"rate_limits"`
+	// Cache stores the route's cacheable GET responses in the edge's
+	// cache (see RouteCache). Nil: nothing is cached.
+	Cache *RouteCache `yaml:"cache"`
+	// Transform edits the JSON bodies and query of the route's requests
+	// and the JSON bodies of its responses (see Transform). Nil: none.
+	Transform *Transform `yaml:"transform"`
+	// Aggregate answers with the merged JSON responses of several mesh
+	// services instead of one backend's (see Aggregate). A route has
+	// backends or an aggregate, not both.
+	Aggregate *Aggregate `yaml:"aggregate"`
 }
 
 // RouteMatch is one set of conditions a request must all meet.
@@ -241,14 +254,21 @@ func (r *Redirect) setDefaults() { *r = Redirect{Status: DefaultRedirectStatus} 
 
 func (b *Backend) setDefaults() { *b = Backend{Weight: 1} }
 
-// Backends returns the services every route of e names, each once, in
-// order of appearance.
+// BackendServices returns the services every route of e names (its
+// backends and its aggregate's legs), each once, in order of appearance.
 func (e *Edge) BackendServices() []string {
 	var out []string
 	for _, r := range e.Routes {
 		for _, b := range r.Backends {
 			if !slices.Contains(out, b.Service) {
 				out = append(out, b.Service)
+			}
+		}
+		if r.Aggregate != nil {
+			for _, l := range r.Aggregate.Legs {
+				if !slices.Contains(out, l.Service) {
+					out = append(out, l.Service)
+				}
 			}
 		}
 	}
@@ -299,7 +319,11 @@ func (v *validator) edge(c *Config) {
 		v.route(c, i, names)
 		v.sticky(c, fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 		v.rateLimits(fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
+		v.transform(fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
+		v.aggregate(c, fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
+		v.routeCache(fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 	}
+	v.edgeCache(e)
 	v.versions(e)
 	v.edgeSticky(c)
 	v.jwtProviders(e)
@@ -396,8 +420,8 @@ func (v *validator) route(c *Config, i int, names map[string]int) {
 		if len(r.Backends) > 0 {
 			v.errorf(path+".backends", "a route that redirects has no backends")
 		}
-	} else if len(r.Backends) == 0 {
-		v.errorf(path+".backends", "required: name the services the route sends to, or write a redirect")
+	} else if len(r.Backends) == 0 && r.Aggregate == nil {
+		v.errorf(path+".backends", "required: name the services the route sends to, write an aggregate, or write a redirect")
 	}
 	total := 0
 	for j, b := range r.Backends {

@@ -10,8 +10,10 @@ import (
 	"strings"
 
 	"github.com/sidemesh/sidemesh/policy"
+	"github.com/sidemesh/sidemesh/sidecar/aggregate"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/pipeline"
+	"github.com/sidemesh/sidemesh/sidecar/transform"
 )
 
 // Backends gives the edge the handlers that send requests to mesh
@@ -21,6 +23,15 @@ type Backends interface {
 	// service, with the route's timeout, retries and balancer where it
 	// sets them. Never nil.
 	Handler(route *config.Route, service string) pipeline.Handler
+}
+
+// BreakerChecker is implemented by Backends that can tell a service whose
+// every endpoint is behind an open circuit breaker: an aggregate route's
+// leg to it then fails at once instead of waiting for its timeout.
+type BreakerChecker interface {
+	// BreakerOpen reports whether every endpoint of service, as route
+	// balances it, is behind an open breaker. It must not block.
+	BreakerOpen(route *config.Route, service string) bool
 }
 
 // RouterOptions configure NewRouter.
@@ -52,6 +63,11 @@ type RouterOptions struct {
 	// RateLimits returns the rate limits of a route with rate_limits;
 	// they run after authentication. Nil when no route has any.
 	RateLimits func(*config.Route) []*RouteLimit
+	// Cache returns the response cache filter of a route with a cache
+	// section; it runs after the rewrite (its key is the request as sent
+	// upstream) and before response headers are edited (it stores them
+	// edited). Nil when no route has one.
+	Cache func(*config.Route) pipeline.Filter
 }
 
 // Router routes one edge listener's requests: it normalizes the path,
@@ -155,7 +171,12 @@ func (rt *Router) Route(r *http.Request) *pipeline.Route {
 
 // routeFilters are route's own filters, in order: authentication,
 // authorization, rate limits, the body limit, request headers, the
-// rewrite (under matched prefix), response headers, the sticky session.
+// rewrite (under matched prefix), the cache, the transform, response
+// headers, the sticky session. The transform comes after the rewrite, so
+// its query edits apply to the query sent on, and after the cache, so
+// the cache keeps (and serves ranges of) transformed bodies; its
+// response edits see the response headers as response_headers left
+// them.
 func routeFilters(rc *config.Route, prefix string, o RouterOptions) []pipeline.Filter {
 	var fs []pipeline.Filter
 	if rc.Auth != nil && o.Auth != nil {
@@ -203,6 +224,16 @@ func routeFilters(rc *config.Route, prefix string, o RouterOptions) []pipeline.F
 			return next.ServeHTTP(w, r)
 		}))
 	}
+	if rc.Cache != nil && o.Cache != nil {
+		fs = append(fs, o.Cache(rc))
+	}
+	if rc.Transform != nil {
+		f, err := transform.New(rc.Transform, nil)
+		if err != nil {
+			panic(fmt.Sprintf("edge: route %s: %v (config validation refuses this)", rc.Name, err))
+		}
+		fs = append(fs, f)
+	}
 	if h := rc.ResponseHeaders; h != nil {
 		fs = append(fs, pipeline.FilterFunc(func(w http.ResponseWriter, r *http.Request, next pipeline.Handler) error {
 			return next.ServeHTTP(&headerWriter{ResponseWriter: w, edit: h}, r)
@@ -214,13 +245,21 @@ func routeFilters(rc *config.Route, prefix string, o RouterOptions) []pipeline.F
 	return fs
 }
 
-// routeHandler is what route ends in: a redirect, or its backends.
+// routeHandler is what route ends in: a redirect, its aggregate, or its
+// backends.
 func routeHandler(rc *config.Route, prefix string, backends Backends) pipeline.Handler {
 	if rd := rc.Redirect; rd != nil {
 		return pipeline.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 			http.Redirect(w, r, redirectURL(rd, r, prefix), rd.Status)
 			return nil
 		})
+	}
+	if rc.Aggregate != nil {
+		o := aggregate.Options{Route: rc, Backend: backends.Handler}
+		if b, ok := backends.(BreakerChecker); ok {
+			o.BreakerOpen = b.BreakerOpen
+		}
+		return aggregate.New(o)
 	}
 	s := &split{}
 	for _, b := range rc.Backends {
