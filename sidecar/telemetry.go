@@ -42,6 +42,17 @@ func (s *Sidecar) startTelemetry(ctx context.Context, cfg *config.Config) (*tele
 	if s.backends != nil && s.backends.pool != nil {
 		o.Observed.Members = s.observeMemberList
 	}
+	o.Observed.Cache = func() (telemetry.CacheState, bool) {
+		store := s.cache.store.Load()
+		if store == nil {
+			return telemetry.CacheState{}, false
+		}
+		st := store.Stats()
+		return telemetry.CacheState{
+			Entries: int64(st.Entries), Bytes: st.Bytes, Hits: int64(st.Hits), Misses: int64(st.Misses),
+			Evictions: int64(st.Evictions), Purged: int64(st.Purged),
+		}, true
+	}
 	if cl := s.sharedLimits; cl != nil {
 		o.Observed.RateLimitSyncLate = func() int64 { return int64(cl.late.Load()) }
 	}

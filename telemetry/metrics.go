@@ -55,6 +55,8 @@ const (
 	// operation gave.
 	keyJWTProvider = attribute.Key("sidemesh.jwt.provider")
 	keyResult      = attribute.Key("sidemesh.result")
+	// keyReason says why something was removed.
+	keyReason = attribute.Key("sidemesh.reason")
 	// keyLimit names a route's rate limit; keyDecision what it decided.
 	keyLimit    = attribute.Key("sidemesh.ratelimit.name")
 	keyDecision = attribute.Key("sidemesh.ratelimit.decision")

@@ -96,6 +96,9 @@ type Observed struct {
 	// RateLimitSyncLate returns how many sends of cluster limits' counts
 	// took longer than the configured delay; nil without gossip.
 	RateLimitSyncLate func() int64
+	// Cache returns the edge's response cache; ok is false while no
+	// route caches.
+	Cache func() (st CacheState, ok bool)
 }
 
 // RateLimitState is one rate limit of an edge route at the moment
@@ -114,6 +117,16 @@ type RateLimitState struct {
 	Cluster     bool
 	Bound       int64
 	Partitioned bool
+}
+
+// CacheState is an edge's response cache at the moment metrics are
+// collected.
+type CacheState struct {
+	// Entries and Bytes are what the store holds now.
+	Entries, Bytes int64
+	// Requests by result: hit (answered from the store), miss (sent
+	// upstream); Evictions and Purged count responses removed.
+	Hits, Misses, Evictions, Purged int64
 }
 
 // JWTState is an edge's JWT provider at the moment metrics are
@@ -186,7 +199,15 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		metric.WithDescription("1 while a cluster rate limit's edge is cut off from most of the edges it knew and applies the limit's on_partition behaviour; else 0."))
 	syncLate, err24 := meter.Int64ObservableCounter("sidemesh.ratelimit.sync.late", metric.WithUnit("{send}"),
 		metric.WithDescription("Sends of cluster rate limits' counts to another edge that took longer than edge.rate_limit_sync.delay (the overshoot bound assumes none do)."))
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17, err18, err19, err20, err21, err22, err23, err24} {
+	cacheRequests, err25 := meter.Int64ObservableCounter("sidemesh.cache.requests", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests of the edge's caching routes, by result: hit (answered from the cache) or miss (sent to the backend)."))
+	cacheEntries, err26 := meter.Int64ObservableGauge("sidemesh.cache.entries", metric.WithUnit("{response}"),
+		metric.WithDescription("Responses the edge's cache holds, every Vary variant apart."))
+	cacheBytes, err27 := meter.Int64ObservableGauge("sidemesh.cache.size", metric.WithUnit("By"),
+		metric.WithDescription("Memory the edge's cache takes (an estimate), within edge.cache.max_bytes."))
+	cacheRemoved, err28 := meter.Int64ObservableCounter("sidemesh.cache.removed", metric.WithUnit("{response}"),
+		metric.WithDescription("Responses removed from the edge's cache, by reason: evicted (the byte bound) or purged."))
+	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15, err16, err17, err18, err19, err20, err21, err22, err23, err24, err25, err26, err27, err28} {
 		if err != nil {
 			return fmt.Errorf("telemetry: creating observable instruments: %w", err)
 		}
@@ -298,9 +319,19 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		if o.RateLimitSyncLate != nil {
 			ob.ObserveInt64(syncLate, o.RateLimitSyncLate())
 		}
+		if o.Cache != nil {
+			if st, ok := o.Cache(); ok {
+				ob.ObserveInt64(cacheRequests, st.Hits, metric.WithAttributes(keyResult.String("hit")))
+				ob.ObserveInt64(cacheRequests, st.Misses, metric.WithAttributes(keyResult.String("miss")))
+				ob.ObserveInt64(cacheEntries, st.Entries)
+				ob.ObserveInt64(cacheBytes, st.Bytes)
+				ob.ObserveInt64(cacheRemoved, st.Evictions, metric.WithAttributes(keyReason.String("evicted")))
+				ob.ObserveInt64(cacheRemoved, st.Purged, metric.WithAttributes(keyReason.String("purged")))
+			}
+		}
 		return nil
 	}, breaker, ejected, healthy, age, errs, members, expiry, retries, budgetOut, sessions, tableBytes, evictions, outcomes, owners,
-		jwksAge, jwksFetches, unknownKeys, limited, limitKeys, limitEvictions, isolation, limitBound, limitPartitioned, syncLate)
+		jwksAge, jwksFetches, unknownKeys, limited, limitKeys, limitEvictions, isolation, limitBound, limitPartitioned, syncLate, cacheRequests, cacheEntries, cacheBytes, cacheRemoved)
 	if err != nil {
 		return fmt.Errorf("telemetry: registering metric callback: %w", err)
 	}

@@ -58,9 +58,17 @@ func (o *cacheOrigin) lastHeader() http.Header {
 // startCacheEdge starts an edge whose route "static" caches every path
 // and sends it to origin; it returns the edge's address.
 func startCacheEdge(t *testing.T, origin string, routeCache string) string {
+	addr, _ := startCacheEdgeWithAdmin(t, origin, routeCache)
+	return addr
+}
+
+// startCacheEdgeWithAdmin is startCacheEdge that also returns the
+// address of the edge's admin listener.
+func startCacheEdgeWithAdmin(t *testing.T, origin string, routeCache string) (addr, adminAddr string) {
 	t.Helper()
-	ln := meshtest.Listen(t)
+	ln, adminLn := meshtest.Listen(t), meshtest.Listen(t)
 	startEdge(t, fmt.Sprintf(`
+admin: { listen: %s }
 edge:
   listeners: [{ listen: %s }]
   cache: { max_bytes: 1048576, max_entry_bytes: 65536 }
@@ -69,8 +77,8 @@ edge:
       cache: %s
       backends: [{ service: app }]
 upstreams: [{ service: app, endpoints: [{ address: %s }] }]
-`, ln.Addr(), routeCache, origin), ln)
-	return ln.Addr().String()
+`, adminLn.Addr(), ln.Addr(), routeCache, origin), ln, adminLn)
+	return ln.Addr().String(), adminLn.Addr().String()
 }
 
 func TestCacheMissThenHitWithAge(t *testing.T) {
@@ -79,7 +87,7 @@ func TestCacheMissThenHitWithAge(t *testing.T) {
 		w.Header().Set("Age", "7") // as a cache in front of the origin would say
 		io.WriteString(w, "logo")
 	})
-	addr := startCacheEdge(t, origin.addr, "{}")
+	addr, adminAddr := startCacheEdgeWithAdmin(t, origin.addr, "{}")
 	c := newClient(t)
 	code, body, h := send(t, c, "GET", addr, "shop.example.com", "/img/logo.png", nil)
 	if code != 200 || body != "logo" || h.Get("Cache-Status") != "sidemesh; fwd=miss; stored" {
@@ -98,6 +106,16 @@ func TestCacheMissThenHitWithAge(t *testing.T) {
 	// Another host is another key.
 	if _, _, h := send(t, c, "GET", addr, "other.example.com", "/img/logo.png", nil); h.Get("Cache-Status") != "sidemesh; fwd=miss; stored" {
 		t.Fatalf("other host: %v", h)
+	}
+	metrics := string(scrape(t, adminAddr))
+	for _, want := range []string{
+		`sidemesh_cache_requests_total{sidemesh_result="hit"} 1`,
+		`sidemesh_cache_requests_total{sidemesh_result="miss"} 2`,
+		`sidemesh_cache_entries 2`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 
