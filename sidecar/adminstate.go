@@ -142,6 +142,11 @@ func (a adminState) Routes() *admin.Routes {
 		for _, b := range r.Backends {
 			ar.Backends = append(ar.Backends, admin.Backend{Service: b.Service, Weight: b.Weight})
 		}
+		if a := r.Aggregate; a != nil {
+			for _, l := range a.Legs {
+				ar.Legs = append(ar.Legs, admin.Leg{Name: l.Name, Service: l.Service, Required: l.Required})
+			}
+		}
 		out.Routes = append(out.Routes, ar)
 	}
 	return out

@@ -311,7 +311,16 @@ type Route struct {
 	Hostnames []string  `json:"hostnames,omitempty"`
 	Matches   []string  `json:"matches"`
 	Backends  []Backend `json:"backends,omitempty"`
-	Redirect  bool      `json:"redirect,omitempty"`
+	// Legs are an aggregate route's calls, in declaration order.
+	Legs     []Leg `json:"legs,omitempty"`
+	Redirect bool  `json:"redirect,omitempty"`
+}
+
+// Leg is one call of an aggregate route.
+type Leg struct {
+	Name     string `json:"name"`
+	Service  string `json:"service"`
+	Required bool   `json:"required"`
 }
 
 // Backend is a route's service and its share.

@@ -162,6 +162,14 @@ func (v *validator) aggregate(c *Config, path string, r *Route) {
 	if r.Redirect != nil {
 		v.errorf(path, "a route that redirects has no aggregate")
 	}
+	// Each leg names its own path and service: a rewrite or a session
+	// would have nothing to act on.
+	if r.Rewrite != nil {
+		v.errorf(path, "an aggregate route has no rewrite: each leg's path is what its service gets")
+	}
+	if r.Sticky != nil {
+		v.errorf(path, "an aggregate route has no sticky sessions: its legs go to several services")
+	}
 	if len(a.Legs) == 0 {
 		v.errorf(path+".legs", "required: an aggregate needs at least one leg")
 	}

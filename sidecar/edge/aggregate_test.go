@@ -83,9 +83,10 @@ func statusAnswer(code int) http.HandlerFunc {
 func TestAggregateTwoLegs(t *testing.T) {
 	users := startAggBackend(t, jsonAnswer(`{"id": 7, "name": "Ada"}`, 0, "Cache-Control", "max-age=60", "Set-Cookie", "track=1"))
 	orders := startAggBackend(t, jsonAnswer(`{"orders": [{"id": 1}], "count": 1}`, 0, "Cache-Control", "private, max-age=30"))
-	ln := meshtest.Listen(t)
+	ln, adminLn := meshtest.Listen(t), meshtest.Listen(t)
 	addr := ln.Addr().String()
 	startEdge(t, fmt.Sprintf(`
+admin: { listen: %s }
 edge:
   listeners: [{ listen: %s }]
   routes:
@@ -93,11 +94,24 @@ edge:
       aggregate:
         legs:
           - { name: user, service: users, path: /users/7 }
-          - { name: orders, service: orders, path: "/orders?user=7", under: . }
+          - { name: orders, service: orders, path: "/orders?user=7", under: ., required: false }
 upstreams:
   - { service: users, endpoints: [{ address: %s }] }
   - { service: orders, endpoints: [{ address: %s }] }
-`, addr, users.addr, orders.addr), ln)
+`, adminLn.Addr(), addr, users.addr, orders.addr), ln, adminLn)
+	var routes struct {
+		Routes []struct {
+			Name string
+			Legs []struct {
+				Name, Service string
+				Required      bool
+			}
+		}
+	}
+	adminJSON(t, adminLn.Addr().String(), "/routes", &routes)
+	if r := routes.Routes; len(r) != 1 || len(r[0].Legs) != 2 || r[0].Legs[0].Service != "users" || !r[0].Legs[0].Required || r[0].Legs[1].Required {
+		t.Errorf("/routes = %+v, want the route's two legs", routes)
+	}
 	code, body, hdr := send(t, newClient(t), "GET", addr, "shop.example.com", "/page", map[string]string{"X-Request-Id": "abc-123", "Cookie": "secret=1"})
 	if want := `{"count":1,"orders":[{"id":1}],"user":{"id":7,"name":"Ada"}}`; code != 200 || body != want {
 		t.Fatalf("%d %s, want 200 %s", code, body, want)
