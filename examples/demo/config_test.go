@@ -28,14 +28,16 @@ func TestSidecarConfigs(t *testing.T) {
 	if err := identity.InitCA(l.certs, trustDomain, 0); err != nil {
 		t.Fatal(err)
 	}
-	for _, svc := range []string{"catalog", "frontend", "visitor"} {
+	for _, svc := range []string{"catalog", "frontend", "visitor", "edge"} {
 		if _, _, err := identity.IssueLeaf(l.certs, svc, "", 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
-	if err := os.WriteFile(l.keyFile, []byte(key+"\n"), 0o600); err != nil {
-		t.Fatal(err)
+	for _, f := range []string{l.keyFile, l.stickyKey} {
+		if err := os.WriteFile(f, []byte(key+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	seed := l.get("catalog-1").gossip
 	for _, name := range l.order {
@@ -49,15 +51,21 @@ func TestSidecarConfigs(t *testing.T) {
 			t.Fatalf("%s:\n%s\n%v", name, b, err)
 		}
 
-		if in.client {
+		switch {
+		case in.edge:
+			if c.Service != nil || c.Edge == nil || len(c.Edge.Listeners) != 1 || c.Edge.Listeners[0].Listen != in.appAddr() ||
+				len(c.Edge.Routes) != 1 || c.Edge.Routes[0].Sticky == nil || c.Edge.Sticky == nil || c.Edge.Sticky.KeyFile != l.stickyKey {
+				t.Errorf("%s: service %+v edge %+v, want an edge with one sticky route on %s", name, c.Service, c.Edge, in.appAddr())
+			}
+		case in.client:
 			if c.Service != nil {
 				t.Errorf("%s: service %+v, want a client-only sidecar", name, c.Service)
 			}
-		} else if c.Service == nil || c.Service.Name != in.service || c.Service.ID != name || c.Service.Port != in.app ||
-			c.Inbound.Listen != in.inboundAddr() {
+		case c.Service == nil || c.Service.Name != in.service || c.Service.ID != name || c.Service.Port != in.app ||
+			c.Inbound.Listen != in.inboundAddr():
 			t.Errorf("%s: service %+v inbound %q", name, c.Service, c.Inbound.Listen)
 		}
-		if c.Outbound.Listen != in.outboundAddr() || c.Admin == nil || c.Admin.Listen != in.adminAddr() || c.DrainTimeout != drainTimeout {
+		if in.edge == c.OutboundEnabled() || !in.edge && c.Outbound.Listen != in.outboundAddr() || c.Admin == nil || c.Admin.Listen != in.adminAddr() || c.DrainTimeout != drainTimeout {
 			t.Errorf("%s: outbound %q admin %+v drain %v", name, c.Outbound.Listen, c.Admin, c.DrainTimeout)
 		}
 
@@ -84,7 +92,7 @@ func TestSidecarConfigs(t *testing.T) {
 			rules = append(rules, r.Action+" "+strings.Join(r.From, ",")+" "+strings.Join(r.Paths, ","))
 		}
 		wantRules := map[string][]string{
-			"catalog":  {"allow frontend,visitor ", "deny frontend,visitor /admin/"},
+			"catalog":  {"allow frontend,visitor,edge ", "deny frontend,visitor,edge /admin/"},
 			"frontend": {"allow visitor "},
 		}[in.service]
 		if !slices.Equal(rules, wantRules) {
@@ -99,6 +107,7 @@ func TestSidecarConfigs(t *testing.T) {
 		wantUps := map[string]string{
 			"frontend": "catalog=round_robin@gossip",
 			"visitor":  "frontend=round_robin@gossip catalog=round_robin@gossip",
+			"edge":     "catalog=round_robin@gossip",
 		}[in.service]
 		if got := strings.Join(ups, " "); got != wantUps {
 			t.Errorf("%s: upstreams %q, want %q", name, got, wantUps)

@@ -95,16 +95,18 @@ func TestDemo(t *testing.T) {
 	// Each phase in order, each saying what it is about.
 	last := 0
 	for _, want := range []string{
-		"━━ 1/6 ", "the frontend's sidecar routes catalog to catalog-1, catalog-2 (source: gossip)",
-		"━━ 2/6 ",
+		"━━ 1/7 ", "the frontend's sidecar routes catalog to catalog-1, catalog-2 (source: gossip)",
+		"━━ 2/7 ",
 		"the frontend app got X-Sidemesh-Peer-Identity: spiffe://mesh.local/ns/default/svc/visitor",
 		"'s app got  X-Sidemesh-Peer-Identity: spiffe://mesh.local/ns/default/svc/frontend",
 		"with no certificate: 400",
-		"━━ 3/6 ", "killed catalog-1's app", "catalog-1's circuit breaker: open", "catalog-1 ejected until", "restarted catalog-1's app",
+		"━━ 3/7 ", "killed catalog-1's app", "catalog-1's circuit breaker: open", "catalog-1 ejected until", "restarted catalog-1's app",
 		"catalog-1 serves again", "saw 0 errors",
-		"━━ 4/6 ", "catalog-3 joined the pool", "round robin ", "least_response_time ",
-		"━━ 5/6 ", "- { from: [frontend, visitor], to: catalog, paths: [/admin/], action: deny }",
-		"━━ 6/6 ", `sees catalog-3 as "left"`, "routes catalog to catalog-1, catalog-2\n",
+		"━━ 4/7 ", "catalog-3 joined the pool", "round robin ", "least_response_time ",
+		"━━ 5/7 ", "- { from: [frontend, visitor, edge], to: catalog, paths: [/admin/], action: deny }",
+		"━━ 6/7 ", `sees catalog-3 as "left"`, "routes catalog to catalog-1, catalog-2\n",
+		"━━ 7/7 ", "GET /items via edge-1  200  from catalog-", "GET /items via edge-2  200  from catalog-",
+		"killed edge-1 (SIGKILL)", "GET /items via edge-2  200  from catalog-", "losing an edge lost no session",
 		"keeps serving", "frontend -> catalog-",
 		"stopped cleanly",
 	} {
@@ -115,10 +117,21 @@ func TestDemo(t *testing.T) {
 		}
 		last += i + len(want)
 	}
-	phase1, _, _ := strings.Cut(text, "━━ 2/6 ")
+	phase1, _, _ := strings.Cut(text, "━━ 2/7 ")
 	for _, m := range []string{"catalog-2", "frontend", "visitor"} {
 		if !strings.Contains(phase1, m+" joined, from 127.0.0.1:") {
 			t.Errorf("phase 1 does not show %s join the pool", m)
+		}
+	}
+	_, phase7, _ := strings.Cut(text, "━━ 7/7 ")
+	phase7, _, _ = strings.Cut(phase7, "━━ ")
+	served := regexp.MustCompile(`GET /items via edge-\d  200  from (catalog-\d)`).FindAllStringSubmatch(phase7, -1)
+	if len(served) != 6 {
+		t.Errorf("phase 7 shows %d answers through the edges, want 6", len(served))
+	}
+	for _, m := range served {
+		if m[1] != served[0][1] {
+			t.Errorf("phase 7: the session went to %s and %s", served[0][1], m[1])
 		}
 	}
 	if !regexp.MustCompile(`retried [1-9]\d* of them`).MatchString(text) {

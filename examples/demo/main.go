@@ -3,9 +3,10 @@
 //
 //	make build && go run ./examples/demo -sidemesh bin/sidemesh
 //
-// The mesh: three catalog instances, a frontend that calls them, and
+// The mesh: three catalog instances, a frontend that calls them,
 // visitor, a client-only sidecar the demo itself sends its requests
-// through; every app beside its own sidemesh sidecar. The phases:
+// through, and two edge gateways; every app beside its own sidemesh
+// sidecar. The phases:
 //
 //  1. the sidecars find each other over an encrypted gossip pool, with
 //     no server and no endpoint lists;
@@ -16,7 +17,10 @@
 //  4. a slow instance joins: round robin, then (after a config reload)
 //     least_response_time, with the share each instance gets;
 //  5. the catalog's policy denies a path: 403, X-Sidemesh-Error: denied;
-//  6. a member leaves the pool and the others drop it at once.
+//  6. a member leaves the pool and the others drop it at once;
+//  7. two edges in front of the catalogs share sticky sessions over the
+//     pool: a session begun on one holds on the other, also after the
+//     first is killed.
 //
 // Then it sends a request every -interval until Ctrl-C (or -duration).
 // The configs, certificates and logs it generates stay in -dir after it
@@ -157,26 +161,28 @@ func (d *demo) setup(ctx context.Context) error {
 	if err := d.sm(ctx, "ca", "init", "--dir", d.l.certs, "--trust-domain", trustDomain); err != nil {
 		return err
 	}
-	for _, svc := range []string{"catalog", "frontend", "visitor"} {
+	for _, svc := range []string{"catalog", "frontend", "visitor", "edge"} {
 		if err := d.sm(ctx, "ca", "issue", "--dir", d.l.certs, "--service", svc); err != nil {
 			return err
 		}
 	}
-	key, err := exec.CommandContext(ctx, d.sidemesh, "keygen").Output()
-	if err != nil {
-		return fmt.Errorf("sidemesh keygen: %w", err)
-	}
-	if err := os.WriteFile(d.l.keyFile, key, 0o600); err != nil {
-		return fmt.Errorf("write the gossip key: %w", err)
+	for _, f := range []struct{ path, what string }{{d.l.keyFile, "the gossip key"}, {d.l.stickyKey, "the sticky session key"}} {
+		key, err := exec.CommandContext(ctx, d.sidemesh, "keygen").Output()
+		if err != nil {
+			return fmt.Errorf("sidemesh keygen: %w", err)
+		}
+		if err := os.WriteFile(f.path, key, 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", f.what, err)
+		}
 	}
 	for _, name := range d.l.order {
 		if err := d.l.writeConfig(d.l.get(name)); err != nil {
 			return err
 		}
 	}
-	d.out.say("certificates  %s/  sidemesh ca init --trust-domain %s; ca issue --service catalog|frontend|visitor",
+	d.out.say("certificates  %s/  sidemesh ca init --trust-domain %s; ca issue --service catalog|frontend|visitor|edge",
 		d.rel(d.l.certs), trustDomain)
-	d.out.say("gossip key    %s  sidemesh keygen", d.rel(d.l.keyFile))
+	d.out.say("keys          %s, %s  sidemesh keygen", d.rel(d.l.keyFile), d.rel(d.l.stickyKey))
 	d.out.say("configs       %s/*-sidecar.yaml, logs %s/*.log", d.rel(d.l.dir), d.rel(d.l.dir))
 	d.out.say("ready in %v", time.Since(start).Round(100*time.Millisecond))
 	return nil
@@ -222,15 +228,18 @@ func (d *demo) startApp(in *instance) error {
 // startSidecar starts in's sidecar on its ports, which it stops holding.
 func (d *demo) startSidecar(in *instance) error {
 	d.l.ports.free(in.inbound, in.outbound, in.admin, in.gossip)
+	if in.edge {
+		d.l.ports.free(in.app) // the edge's client-facing listener
+	}
 	p, err := d.ps.start(in.name+"-sidecar", filepath.Join(d.l.dir, in.name+"-sidecar.log"), d.sidemesh, "run", "-c", in.configPath(d.l.dir))
 	in.sideProc = p
 	return err
 }
 
-// start starts in's app (unless it is client-only) and its sidecar, and
-// lists where they listen.
+// start starts in's app (unless it is client-only or an edge) and its
+// sidecar, and lists where they listen.
 func (d *demo) start(in *instance) error {
-	if !in.client {
+	if !in.client && !in.edge {
 		if err := d.startApp(in); err != nil {
 			return err
 		}
@@ -240,7 +249,11 @@ func (d *demo) start(in *instance) error {
 	}
 	app := "(the demo is its app)"
 	side := fmt.Sprintf("outbound :%d admin :%d gossip :%d", in.outbound, in.admin, in.gossip)
-	if !in.client {
+	switch {
+	case in.edge:
+		app = "(an edge: no app)"
+		side = fmt.Sprintf("edge :%d admin :%d gossip :%d", in.app, in.admin, in.gossip)
+	case !in.client:
 		app = fmt.Sprintf("app :%d (pid %d)", in.app, in.appProc.cmd.Process.Pid)
 		side = fmt.Sprintf("inbound :%d ", in.inbound) + side
 	}

@@ -32,6 +32,7 @@ type instance struct {
 	name     string        // "catalog-1": names its files, service ID and gossip member
 	service  string        // mesh service: "catalog", "frontend", "visitor"
 	client   bool          // no app and no inbound listener: a client-only sidecar
+	edge     bool          // an edge gateway: its client-facing listener on the app port
 	latency  time.Duration // catalog: added to every /items request
 	app      int           // port the app listens on
 	inbound  int           // port of the sidecar's inbound (mutual TLS) listener
@@ -63,21 +64,22 @@ type layout struct {
 	dir       string // the demo's folder: configs, certificates, logs
 	certs     string // dir/certs: the CA and one leaf per service
 	keyFile   string // the gossip pool's key
+	stickyKey string // the key of the edges' sticky sessions
 	instances map[string]*instance
 	order     []string // the instances in the order they are listed
 	ports     holds    // the ports of the processes not running yet
 }
 
 // newLayout places catalog-1 (the gossip seed), catalog-2, catalog-3
-// (slow), the frontend and visitor (the demo's own, client-only sidecar)
-// on free loopback ports, held until l.ports frees them: call
+// (slow), the frontend, visitor (the demo's own, client-only sidecar) and
+// two edges on free loopback ports, held until l.ports frees them: call
 // l.ports.freeAll when done.
 func newLayout(dir string) (*layout, error) {
 	const perInstance = 5
-	names := []string{"catalog-1", "catalog-2", "catalog-3", "frontend", "visitor"}
+	names := []string{"catalog-1", "catalog-2", "catalog-3", "frontend", "visitor", "edge-1", "edge-2"}
 	l := &layout{
 		dir: dir, certs: filepath.Join(dir, "certs"), keyFile: filepath.Join(dir, "gossip.key"),
-		instances: map[string]*instance{}, order: names,
+		stickyKey: filepath.Join(dir, "sticky.key"), instances: map[string]*instance{}, order: names,
 	}
 	ports, err := l.ports.take(perInstance * len(names))
 	if err != nil {
@@ -101,6 +103,11 @@ func newLayout(dir string) (*layout, error) {
 	v := l.instances["visitor"]
 	l.ports.free(v.app, v.inbound) // a client-only sidecar has neither
 	v.client, v.app, v.inbound = true, 0, 0
+	for _, name := range []string{"edge-1", "edge-2"} {
+		e := l.instances[name]
+		l.ports.free(e.inbound, e.outbound) // an edge listens for clients on its app port
+		e.edge, e.inbound, e.outbound = true, 0, 0
+	}
 	return l, nil
 }
 
@@ -204,7 +211,19 @@ func prepareDir(dir string) error {
 // pool (no endpoint lists anywhere) and speaks mutual TLS with a leaf
 // from the demo's CA.
 var sidecarTemplate = template.Must(template.New("sidecar").Parse(`# {{.Name}}'s sidecar, written by the sidemesh demo.
-{{- if .Client}}
+{{- if .Edge}}
+# An edge gateway: clients outside the mesh call it over plain HTTP; it
+# calls the catalogs over mutual TLS. Both edges share one session table
+# over the gossip pool: a session begun on one holds on the other.
+edge:
+  listeners: [{ listen: 127.0.0.1:{{.App}} }]
+  sticky: { key_file: {{.StickyKey}} }   # signs the session cookies (sidemesh keygen)
+  routes:
+    - name: items
+      matches: [{ path: { prefix: /items } }]
+      backends: [{ service: catalog }]
+      sticky: { mode: cookie }         # each client's requests stay on one catalog instance
+{{- else if .Client}}
 # The demo's own sidecar: a client-only workload (no service, no inbound).
 # The demo sends plain HTTP to its outbound listener, naming the service
 # in the Host header; the sidecar does the rest, mutual TLS included.
@@ -212,7 +231,9 @@ var sidecarTemplate = template.Must(template.New("sidecar").Parse(`# {{.Name}}'s
 service: { name: {{.Service}}, id: {{.Name}}, address: 127.0.0.1, port: {{.App}} }
 inbound: { listen: 127.0.0.1:{{.Inbound}} }  # mesh-facing: mutual TLS only
 {{- end}}
+{{- if not .Edge}}
 outbound: { listen: 127.0.0.1:{{.Outbound}} }  # the app sends plain HTTP here
+{{- end}}
 admin: { listen: 127.0.0.1:{{.Admin}} }  # dashboard at /; /endpoints /members /identity /metrics
 drain_timeout: {{.Drain}}
 discovery:
@@ -221,7 +242,7 @@ discovery:
     join: [{{if .Seed}}127.0.0.1:{{.Seed}}{{end}}]{{if not .Seed}}  # this is the seed: the others join through it{{end}}
     key_file: {{.KeyFile}}
     profile: local                   # failure detection tuned for one host
-{{- if .Client}}
+{{- if or .Client .Edge}}
     node_name: {{.Name}}
 {{- end}}
 tls:                                 # from sidemesh ca init / ca issue
@@ -235,8 +256,8 @@ tls:                                 # from sidemesh ca init / ca issue
 policy:                              # with mutual TLS, whatever no rule allows is denied
   default: deny
   rules:
-    - { from: [frontend, visitor], to: catalog, methods: [GET], action: allow }
-    - { from: [frontend, visitor], to: catalog, paths: [/admin/], action: deny }   # a deny beats an allow
+    - { from: [frontend, visitor, edge], to: catalog, methods: [GET], action: allow }
+    - { from: [frontend, visitor, edge], to: catalog, paths: [/admin/], action: deny }   # a deny beats an allow
 {{- else if eq .Service "frontend"}}
 policy:                              # with mutual TLS, whatever no rule allows is denied
   default: deny
@@ -255,6 +276,9 @@ upstreams:
 upstreams:                           # endpoints come from the gossip pool
   - { service: frontend, timeout: 5s }
   - { service: catalog, timeout: 5s }
+{{- else if .Edge}}
+upstreams:                           # endpoints come from the gossip pool
+  - { service: catalog, timeout: 5s }
 {{- end}}
 `))
 
@@ -262,7 +286,7 @@ upstreams:                           # endpoints come from the gossip pool
 func (l *layout) config(in *instance) (string, error) {
 	var b strings.Builder
 	err := sidecarTemplate.Execute(&b, map[string]any{
-		"Name": in.name, "Service": in.service, "Client": in.client, "App": in.app,
+		"Name": in.name, "Service": in.service, "Client": in.client, "Edge": in.edge, "App": in.app, "StickyKey": l.stickyKey,
 		"Inbound": in.inbound, "Outbound": in.outbound, "Admin": in.admin, "Gossip": in.gossip,
 		"Seed": in.seed, "KeyFile": l.keyFile, "Certs": l.certs, "TrustDomain": trustDomain,
 		"Balancer": in.balancer, "Drain": drainTimeout.String(),

@@ -53,6 +53,18 @@ func (a answer) page() (page, bool) {
 	return p, true
 }
 
+// catalogInstance decodes the answer to a catalog's GET /items: the
+// instance that served it; false if it was not such an answer.
+func (a answer) catalogInstance() (string, bool) {
+	var items struct {
+		Instance string `json:"instance"`
+	}
+	if a.err != nil || a.status != http.StatusOK || json.Unmarshal(a.body, &items) != nil || items.Instance == "" {
+		return "", false
+	}
+	return items.Instance, true
+}
+
 // describe sums an answer up in a few words: "200", "403 denied: ...".
 func (a answer) describe() string {
 	if a.err != nil {

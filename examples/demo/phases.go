@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"os"
@@ -32,6 +33,7 @@ var phases = []phase{
 	{"A slow instance: round robin, then least_response_time", (*demo).phaseSlow},
 	{"Authorization: default deny, and a rule that denies a path", (*demo).phaseDenied},
 	{"A member leaves the pool", (*demo).phaseLeave},
+	{"Two edges, one session table: a sticky session survives losing an edge", (*demo).phaseEdges},
 }
 
 // phaseGossip starts catalog-1 (the seed), then catalog-2, the frontend
@@ -384,6 +386,110 @@ func (d *demo) phaseLeave(ctx context.Context) error {
 	}
 	d.out.notice("A member that leaves is dropped everywhere at once; one that dies, after failure detection (seconds).")
 	return nil
+}
+
+// phaseEdges starts two edges in front of the catalogs, begins a sticky
+// session on edge-1, follows it on both edges, kills edge-1 (SIGKILL: no
+// goodbye to the pool) and shows the session holding on edge-2.
+func (d *demo) phaseEdges(ctx context.Context) error {
+	e1, e2 := d.l.get("edge-1"), d.l.get("edge-2")
+	d.out.say("Two edge gateways: clients call them over plain HTTP, they call the catalogs over mutual TLS.")
+	d.out.say("GET /items is sticky (a signed cookie); the session table lives in the gossip pool, shared by both edges.")
+	for _, e := range []*instance{e1, e2} {
+		if err := d.start(e); err != nil {
+			return err
+		}
+	}
+	for _, e := range []*instance{e1, e2} {
+		if err := d.waitReady(ctx, e); err != nil {
+			return err
+		}
+		err := d.waitFor(ctx, readyTimeout, e.name+" to see the catalogs and the other edge", func() (bool, error) {
+			u, err := upstream(ctx, d.client, e, "catalog")
+			if err != nil || len(u.Endpoints) != 2 {
+				return false, err
+			}
+			var st struct {
+				Edges []string `json:"edges"`
+			}
+			a := get(ctx, d.client, e.adminAddr(), "", "/sticky")
+			if a.err != nil || json.Unmarshal(a.body, &st) != nil {
+				return false, a.err
+			}
+			return len(st.Edges) == 2, nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	first := d.edgeGet(ctx, e1, "")
+	cookie := first.header.Get("Set-Cookie")
+	owner, ok := first.catalogInstance()
+	if !ok || cookie == "" {
+		return fmt.Errorf("the first GET /items through edge-1: %s, want 200 with a session cookie", first.describe())
+	}
+	cookie, _, _ = strings.Cut(cookie, ";")
+	d.out.say("GET /items via edge-1  %d  from %s, Set-Cookie: %s", first.status, owner, abbreviate(cookie))
+	follow := func(e *instance, n int) error {
+		for range n {
+			a := d.edgeGet(ctx, e, cookie)
+			got, ok := a.catalogInstance()
+			if !ok {
+				return fmt.Errorf("GET /items via %s with the session: %s", e.name, a.describe())
+			}
+			d.out.say("GET /items via %s  %d  from %s", e.name, a.status, got)
+			if got != owner {
+				return fmt.Errorf("the session began on %s went to %s via %s", owner, got, e.name)
+			}
+		}
+		return nil
+	}
+	if err := follow(e2, 2); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if err := e1.sideProc.signal(syscall.SIGKILL); err != nil {
+		return err
+	}
+	if err := e1.sideProc.wait(5 * time.Second); err != nil {
+		return err
+	}
+	d.out.at(t0, "killed edge-1 (SIGKILL): it tells nobody")
+	if err := follow(e2, 3); err != nil {
+		return err
+	}
+	d.out.notice("The session lived in the pool, not in edge-1: losing an edge lost no session.")
+	return nil
+}
+
+// edgeGet sends GET /items to the edge in, with the session cookie when
+// not empty.
+func (d *demo) edgeGet(ctx context.Context, in *instance, cookie string) answer {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+in.appAddr()+"/items", nil)
+	if err != nil {
+		return answer{err: err}
+	}
+	if cookie != "" {
+		req.Header.Set("Cookie", cookie)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return answer{err: err, took: time.Since(start)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return answer{status: resp.StatusCode, header: resp.Header, body: body, took: time.Since(start), err: err}
+}
+
+// abbreviate shortens a cookie for the narration.
+func abbreviate(cookie string) string {
+	if len(cookie) > 40 {
+		return cookie[:40] + "…"
+	}
+	return cookie
 }
 
 // steady sends GET http://frontend/ through visitor's sidecar every
