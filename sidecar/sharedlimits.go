@@ -141,6 +141,9 @@ func (cl *sharedLimits) syncOnce(ctx context.Context) {
 				}
 			}
 			payload = append(all[:len(all):len(all)], changed...) // a key's changed count overrides its active one
+		} else if len(changed) == 0 {
+			reached[i] = true // nothing new for an edge that has the rest
+			continue
 		}
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, cfg.Interval+cfg.Delay)
