@@ -142,6 +142,9 @@ func (a adminState) Routes() *admin.Routes {
 		for _, b := range r.Backends {
 			ar.Backends = append(ar.Backends, admin.Backend{Service: b.Service, Weight: b.Weight})
 		}
+		if g := r.GRPC; g != nil {
+			ar.Backends = append(ar.Backends, admin.Backend{Service: g.Service, Weight: 1})
+		}
 		if a := r.Aggregate; a != nil {
 			for _, l := range a.Legs {
 				ar.Legs = append(ar.Legs, admin.Leg{Name: l.Name, Service: l.Service, Required: l.Required})

@@ -198,7 +198,7 @@ func (s *Sidecar) edgeRouters(cfg *config.Config, ups, variants map[string]*upst
 func variantKey(service, policy string) string { return service + "#" + policy }
 
 // edgeVariants returns the upstream configs the edge's balancer overrides
-// need: each backend (or aggregate leg) service of such a route, with the
+// need: each backend (aggregate leg, grpc) service of such a route, with the
 // route's policy.
 func edgeVariants(cfg *config.Config) map[string]config.Upstream {
 	out := map[string]config.Upstream{}
@@ -217,6 +217,9 @@ func edgeVariants(cfg *config.Config) map[string]config.Upstream {
 			for _, l := range r.Aggregate.Legs {
 				services = append(services, l.Service)
 			}
+		}
+		if r.GRPC != nil {
+			services = append(services, r.GRPC.Service)
 		}
 		for _, svc := range services {
 			for _, u := range cfg.Upstreams {

@@ -136,6 +136,10 @@ type Route struct {
 	// services instead of one backend's (see Aggregate). A route has
 	// backends or an aggregate, not both.
 	Aggregate *Aggregate `yaml:"aggregate"`
+	// GRPC answers HTTP/JSON requests by calling the gRPC methods of a
+	// mesh service (see GRPCTranscode). A route has backends, an
+	// aggregate or grpc, one of them.
+	GRPC *GRPCTranscode `yaml:"grpc"`
 }
 
 // RouteMatch is one set of conditions a request must all meet.
@@ -255,7 +259,8 @@ func (r *Redirect) setDefaults() { *r = Redirect{Status: DefaultRedirectStatus} 
 func (b *Backend) setDefaults() { *b = Backend{Weight: 1} }
 
 // BackendServices returns the services every route of e names (its
-// backends and its aggregate's legs), each once, in order of appearance.
+// backends, its aggregate's legs, its grpc service), each once, in order
+// of appearance.
 func (e *Edge) BackendServices() []string {
 	var out []string
 	for _, r := range e.Routes {
@@ -270,6 +275,9 @@ func (e *Edge) BackendServices() []string {
 					out = append(out, l.Service)
 				}
 			}
+		}
+		if r.GRPC != nil && r.GRPC.Service != "" && !slices.Contains(out, r.GRPC.Service) {
+			out = append(out, r.GRPC.Service)
 		}
 	}
 	return out
@@ -321,6 +329,7 @@ func (v *validator) edge(c *Config) {
 		v.rateLimits(fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 		v.transform(fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 		v.aggregate(c, fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
+		v.grpcTranscode(c, fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 		v.routeCache(fmt.Sprintf("edge.routes[%d]", i), &e.Routes[i])
 	}
 	v.edgeCache(e)
@@ -420,7 +429,7 @@ func (v *validator) route(c *Config, i int, names map[string]int) {
 		if len(r.Backends) > 0 {
 			v.errorf(path+".backends", "a route that redirects has no backends")
 		}
-	} else if len(r.Backends) == 0 && r.Aggregate == nil {
+	} else if len(r.Backends) == 0 && r.Aggregate == nil && r.GRPC == nil {
 		v.errorf(path+".backends", "required: name the services the route sends to, write an aggregate, or write a redirect")
 	}
 	total := 0

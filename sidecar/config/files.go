@@ -38,6 +38,7 @@ func (c *Config) fileFields() []fileField {
 	fs = append(fs, c.Edge.stickyFiles()...)
 	fs = append(fs, c.Edge.jwksFiles()...)
 	fs = append(fs, c.Edge.apiKeyFiles()...)
+	fs = append(fs, c.Edge.grpcFiles()...)
 	return fs
 }
 
@@ -110,6 +111,11 @@ func (c *Config) checkFiles() ErrorList {
 			}
 			if _, err := authn.NewProvider(authn.ProviderConfig{Name: "check", JWKSFile: *f.ptr}); err != nil {
 				v.errorf(f.path, "%s", strings.TrimPrefix(err.Error(), "authn: provider check: "))
+			}
+		}
+		for _, f := range c.Edge.grpcFiles() {
+			if *f.ptr != "" {
+				v.checkDescriptors(f.path, *f.ptr)
 			}
 		}
 		for _, f := range c.Edge.apiKeyFiles() {

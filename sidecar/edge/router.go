@@ -13,6 +13,7 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/aggregate"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/pipeline"
+	"github.com/sidemesh/sidemesh/sidecar/transcode"
 	"github.com/sidemesh/sidemesh/sidecar/transform"
 )
 
@@ -245,8 +246,8 @@ func routeFilters(rc *config.Route, prefix string, o RouterOptions) []pipeline.F
 	return fs
 }
 
-// routeHandler is what route ends in: a redirect, its aggregate, or its
-// backends.
+// routeHandler is what route ends in: a redirect, its aggregate, its
+// gRPC transcoder, or its backends.
 func routeHandler(rc *config.Route, prefix string, backends Backends) pipeline.Handler {
 	if rd := rc.Redirect; rd != nil {
 		return pipeline.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
@@ -260,6 +261,23 @@ func routeHandler(rc *config.Route, prefix string, backends Backends) pipeline.H
 			o.BreakerOpen = b.BreakerOpen
 		}
 		return aggregate.New(o)
+	}
+	if g := rc.GRPC; g != nil {
+		o := transcode.Options{
+			Service: g.Service, Handler: backends.Handler(rc, g.Service), RefreshInterval: g.RefreshInterval,
+			Lenient: !g.Strict, MaxRequestBytes: g.MaxRequestBytes, MaxResponseBytes: g.MaxResponseBytes, Headers: g.Headers,
+		}
+		if g.Descriptors != "" {
+			d, err := transcode.ReadDescriptorSet(g.Descriptors)
+			if err != nil {
+				// Validation read it; it changed since.
+				return pipeline.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+					return pipeline.Errorf(http.StatusBadGateway, pipeline.KindNoRoute, "route %s: %v", rc.Name, err)
+				})
+			}
+			o.Descriptors = d
+		}
+		return transcode.New(o)
 	}
 	s := &split{}
 	for _, b := range rc.Backends {
