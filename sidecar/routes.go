@@ -26,6 +26,9 @@ type routeTable struct {
 	// outbound and dedicated listeners; noRoute answers the rest.
 	outbound map[string]*pipeline.Route
 	noRoute  *pipeline.Route
+	// unknownDestination answers a redirected request to an address that
+	// is no known instance (origdst.go): passthrough or refuse.
+	unknownDestination *pipeline.Route
 	// inbound is the route to the local app; nil without an HTTP service.
 	inbound *pipeline.Route
 	// edge holds the router of each edge listener, by address.
@@ -48,6 +51,7 @@ func (s *Sidecar) newRouteTable(cfg *config.Config, ups map[string]*upstream, lo
 		}
 	}
 	t.noRoute.Handler = pipeline.Chain(t.noRoute.Handler, out, proxy.RequestID, fwd)
+	t.unknownDestination = unknownDestinationRoute(cfg.Outbound.OriginalDestination, s.log)
 	if local != nil && local.proxy != nil {
 		t.inbound = &pipeline.Route{Name: local.cfg.Service, Service: local.cfg.Service,
 			Handler: pipeline.Chain(local.proxy, in, proxy.RequestID, fwd, s.security.Filter())}
@@ -90,12 +94,16 @@ func newRouteTable(ups map[string]*upstream, local *upstream) *routeTable {
 	}
 }
 
-// outboundRouter routes the outbound listener by Host header.
+// outboundRouter routes the outbound listener by Host header, then, for
+// a redirected connection, by its original destination (origdst.go).
 type outboundRouter struct{ s *Sidecar }
 
 func (r outboundRouter) Route(req *http.Request) *pipeline.Route {
 	t := r.s.routes.Load()
 	if rt := t.outbound[serviceFromHost(req.Host)]; rt != nil {
+		return rt
+	}
+	if rt := t.byOriginalDestination(req); rt != nil {
 		return rt
 	}
 	return t.noRoute

@@ -4,6 +4,7 @@
 //	sidemesh validate -c sidemesh.yaml   # check a config and exit
 //	sidemesh ca init|issue ...           # a development CA and SPIFFE leaf certificates
 //	sidemesh keygen                      # print a new gossip encryption key
+//	sidemesh redirect --proxy-uid UID    # transparent interception: netfilter rules in the app's namespace
 //	sidemesh completion bash|zsh|fish    # shell completion
 //	sidemesh version
 //
@@ -101,6 +102,7 @@ over mutual TLS to that instance's sidecar, which hands it to its app.`,
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newRunCmd(stderr), newValidateCmd(), newCACmd(), newKeygenCmd(), newVersionCmd())
+	root.AddCommand(newRedirectCmd())
 	return root
 }
 

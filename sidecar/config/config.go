@@ -118,7 +118,21 @@ type Listener struct {
 	// header as its dashed twin: drop (the default), reject (400) or
 	// allow.
 	HeadersWithUnderscores string `yaml:"headers_with_underscores"`
+	// OriginalDestination applies to the outbound listener only (an error
+	// on inbound, ignored on edge listeners), with transparent
+	// interception (sidemesh redirect): what happens to a
+	// redirected request whose Host names no upstream and whose original
+	// destination is no known instance of a service. passthrough (the
+	// default; empty means passthrough) forwards it to that destination
+	// unchanged; refuse answers 502.
+	OriginalDestination string `yaml:"original_destination"`
 }
+
+// What Listener.OriginalDestination accepts.
+const (
+	OriginalDestinationPassthrough = "passthrough"
+	OriginalDestinationRefuse      = "refuse"
+)
 
 // What Listener.HeadersWithUnderscores accepts.
 const (

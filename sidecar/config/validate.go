@@ -69,6 +69,12 @@ func (c *Config) validate() ErrorList {
 	}
 	v.listener("inbound", &c.Inbound, c.Service != nil)
 	v.listener("outbound", &c.Outbound, c.OutboundEnabled())
+	if od := c.Outbound.OriginalDestination; od != "" {
+		v.oneOf("outbound.original_destination", "action", od, []string{OriginalDestinationPassthrough, OriginalDestinationRefuse})
+	}
+	if c.Inbound.OriginalDestination != "" {
+		v.errorf("inbound.original_destination", "only the outbound listener routes by original destination")
+	}
 	if c.Admin != nil {
 		v.listen("admin.listen", c.Admin.Listen, true)
 	}
