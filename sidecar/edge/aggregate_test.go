@@ -5,7 +5,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,7 +28,7 @@ type aggBackend struct {
 	handle atomic.Pointer[http.HandlerFunc]
 }
 
-func startAggBackend(t *testing.T, h http.HandlerFunc) *aggBackend {
+func startAggBackend(t testing.TB, h http.HandlerFunc) *aggBackend {
 	t.Helper()
 	b := &aggBackend{}
 	b.set(h)
@@ -402,13 +401,12 @@ upstreams:
 	}
 }
 
-// TestAggregateLatency measures the aggregation of three legs of 20, 40
-// and 60ms against a plain route to the 60ms service alone: the
-// aggregate should cost the slowest leg plus little.
-func TestAggregateLatency(t *testing.T) {
-	if testing.Short() {
-		t.Skip("measures latency")
-	}
+// BenchmarkAggregateLatency: an aggregate of three legs of 20, 40 and
+// 60ms (sub-benchmark aggregate) against a plain route to the 60ms
+// service alone (slowest), in one run: their ns/op differ by what the
+// aggregation costs.
+func BenchmarkAggregateLatency(b *testing.B) {
+	t := b
 	var bs []*aggBackend
 	for _, d := range []time.Duration{20, 40, 60} {
 		bs = append(bs, startAggBackend(t, jsonAnswer(`{"x": 1}`, d*time.Millisecond)))
@@ -435,23 +433,14 @@ upstreams:
   - { service: c, endpoints: [{ address: %s }] }
 `, addr, bs[0].addr, bs[1].addr, bs[2].addr), ln)
 	c := newClient(t)
-	median := func(path string) time.Duration {
-		var ds []time.Duration
-		for range 21 {
-			start := time.Now()
-			if code, body, _ := send(t, c, "GET", addr, "shop.example.com", path, nil); code != 200 {
-				t.Fatalf("%s: %d %s", path, code, body)
+	for _, path := range []string{"/agg", "/slowest"} {
+		b.Run(strings.TrimPrefix(path, "/"), func(b *testing.B) {
+			for b.Loop() {
+				if code, body, _ := send(b, c, "GET", addr, "shop.example.com", path, nil); code != 200 {
+					b.Fatalf("%s: %d %s", path, code, body)
+				}
 			}
-			ds = append(ds, time.Since(start))
-		}
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		return ds[len(ds)/2]
-	}
-	median("/agg") // warm the connections
-	agg, alone := median("/agg"), median("/slowest")
-	t.Logf("median of 21: aggregate of 20/40/60ms legs %v; the 60ms service alone %v; overhead %v", agg, alone, agg-alone)
-	if agg > alone+50*time.Millisecond {
-		t.Errorf("the aggregate (%v) costs much more than its slowest leg (%v)", agg, alone)
+		})
 	}
 }
 

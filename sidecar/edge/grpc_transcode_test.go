@@ -125,17 +125,12 @@ func TestGRPCTranscodeThroughEdge(t *testing.T) {
 		}
 		lib.SetVersion(t, true)
 		// A miss fetches the methods again at most once a second.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			code, got := jsonCall(t, c, "DELETE", base+"/v1/shelves/s1/books/b1", "")
-			if code == 200 && got["name"] == "shelves/s1/books/b1" {
-				break
+		meshtest.Eventually(t, 5*time.Second, "the edge to find DeleteBook", func() error {
+			if code, got := jsonCall(t, c, "DELETE", base+"/v1/shelves/s1/books/b1", ""); code != 200 || got["name"] != "shelves/s1/books/b1" {
+				return fmt.Errorf("after the backend gained DeleteBook: %d %v", code, got)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("after the backend gained DeleteBook: %d %v", code, got)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return nil
+		})
 	})
 }
 

@@ -64,7 +64,7 @@ func (b *recordingBackend) take() []seenRequest {
 
 // startEdge starts a sidemesh process in edge mode from yaml, whose
 // "%s" placeholders are filled with the addresses of lns, in order.
-func startEdge(t *testing.T, yaml string, lns ...net.Listener) *sidecar.Sidecar {
+func startEdge(t testing.TB, yaml string, lns ...net.Listener) *sidecar.Sidecar {
 	t.Helper()
 	cfg := parseEdge(t, yaml)
 	s := sidecar.New(cfg, slog.New(slog.DiscardHandler), sidecar.WithListeners(lns...))
@@ -79,7 +79,7 @@ func startEdge(t *testing.T, yaml string, lns ...net.Listener) *sidecar.Sidecar 
 	return s
 }
 
-func parseEdge(t *testing.T, yaml string) *config.Config {
+func parseEdge(t testing.TB, yaml string) *config.Config {
 	t.Helper()
 	cfg, err := config.Parse("edge.yaml", []byte(yaml))
 	if err != nil {
@@ -90,7 +90,7 @@ func parseEdge(t *testing.T, yaml string) *config.Config {
 
 // send makes a request to addr with host as its Host and returns the
 // status and body.
-func send(t *testing.T, c *http.Client, method, addr, host, target string, hdr map[string]string) (int, string, http.Header) {
+func send(t testing.TB, c *http.Client, method, addr, host, target string, hdr map[string]string) (int, string, http.Header) {
 	t.Helper()
 	req, err := http.NewRequest(method, "http://"+addr+target, nil)
 	if err != nil {
@@ -109,7 +109,7 @@ func send(t *testing.T, c *http.Client, method, addr, host, target string, hdr m
 	return resp.StatusCode, string(b), resp.Header
 }
 
-func newClient(t *testing.T) *http.Client {
+func newClient(t testing.TB) *http.Client {
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}

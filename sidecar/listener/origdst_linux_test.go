@@ -39,6 +39,9 @@ func TestOriginalDestination(t *testing.T) {
 	} {
 		t.Run(tc.network, func(t *testing.T) {
 			if _, err := exec.LookPath(tc.iptables); err != nil {
+				if os.Getenv("SIDEMESH_REQUIRE_NETNS") != "" {
+					t.Fatalf("no %s, and make test requires the interception tests to run", tc.iptables)
+				}
 				t.Skipf("no %s", tc.iptables)
 			}
 			var ln net.Listener
