@@ -9,9 +9,16 @@
 // When the catalog cannot be reached, or answers with anything but 200 and
 // JSON, GET / answers 502 with the reason as text.
 //
+// With -cart NAME, GET /cart fetches http://NAME/cart the same way and
+// wraps it as {"frontend", "request_id", "cart", "upstream_status"}.
+//
+// Like every app in a mesh, it passes the W3C trace context it received
+// (traceparent, tracestate, baggage) on to the calls it makes, so the
+// sidecars' spans of one request join one trace.
+//
 // Usage:
 //
-//	frontend -listen 127.0.0.1:8080 -outbound 127.0.0.1:15001
+//	frontend -listen 127.0.0.1:8080 -outbound 127.0.0.1:15001 [-cart cart]
 package main
 
 import (
@@ -49,6 +56,18 @@ type pageResponse struct {
 	UpstreamStatus int             `json:"upstream_status"`
 }
 
+// cartResponse is the body of GET /cart.
+type cartResponse struct {
+	Frontend       string          `json:"frontend"`
+	RequestID      string          `json:"request_id"`
+	Cart           json.RawMessage `json:"cart"`
+	UpstreamStatus int             `json:"upstream_status"`
+}
+
+// propagated are the request headers passed on to upstream calls: the
+// request ID and the W3C trace context.
+var propagated = []string{"X-Request-Id", "Traceparent", "Tracestate", "Baggage"}
+
 func main() {
 	if err := run(); err != nil {
 		slog.Error("frontend stopped", "err", err)
@@ -62,6 +81,7 @@ func run() error {
 	outbound := flag.String("outbound", "127.0.0.1:15001", "`address` of the sidecar's outbound listener")
 	name := flag.String("name", "frontend", "`name` reported in responses")
 	upstream := flag.String("upstream", "catalog", "mesh `service` to call")
+	cart := flag.String("cart", "", "mesh `service` GET /cart calls; empty: no /cart")
 	timeout := flag.Duration("timeout", 5*time.Second, "bound on each call to the upstream")
 	flag.Parse()
 
@@ -69,7 +89,7 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	client := newMeshClient(*outbound, *timeout)
-	return serve(ctx, *listen, newHandler(*name, *upstream, client, log), *timeout+5*time.Second, log)
+	return serve(ctx, *listen, newHandler(*name, *upstream, *cart, client, log), *timeout+5*time.Second, log)
 }
 
 // newMeshClient returns a client that sends every request to the sidecar's
@@ -92,13 +112,14 @@ func newMeshClient(outbound string, timeout time.Duration) *http.Client {
 }
 
 // newHandler returns the service's routes: GET / calls upstream's /items
-// with client, GET /healthz answers 200.
-func newHandler(name, upstream string, client *http.Client, log *slog.Logger) http.Handler {
+// with client, GET /cart (when cart is not empty) calls cart's /cart,
+// GET /healthz answers 200.
+func newHandler(name, upstream, cart string, client *http.Client, log *slog.Logger) http.Handler {
 	url := "http://" + upstream + "/items"
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-Id")
-		status, body, err := fetch(r.Context(), client, url, id)
+		status, body, err := fetch(r.Context(), client, url, r.Header)
 		if err != nil {
 			log.Warn("upstream failed", "upstream", upstream, "request_id", id, "err", err)
 			http.Error(w, fmt.Sprintf("%s: %v", upstream, err), http.StatusBadGateway)
@@ -111,22 +132,40 @@ func newHandler(name, upstream string, client *http.Client, log *slog.Logger) ht
 			log.Warn("write response", "err", err)
 		}
 	})
+	if cart != "" {
+		cartURL := "http://" + cart + "/cart"
+		mux.HandleFunc("GET /cart", func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get("X-Request-Id")
+			status, body, err := fetch(r.Context(), client, cartURL, r.Header)
+			if err != nil {
+				log.Warn("upstream failed", "upstream", cart, "request_id", id, "err", err)
+				http.Error(w, fmt.Sprintf("%s: %v", cart, err), http.StatusBadGateway)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			if err := json.NewEncoder(w).Encode(cartResponse{Frontend: name, RequestID: id, Cart: body, UpstreamStatus: status}); err != nil {
+				log.Warn("write response", "err", err)
+			}
+		})
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
 }
 
-// fetch GETs url with the request ID id, if any, and returns the status
-// and JSON body of a 200 answer. Any other answer is an error that quotes
-// the start of its body.
-func fetch(ctx context.Context, client *http.Client, url, id string) (int, json.RawMessage, error) {
+// fetch GETs url, passing on the propagated headers of in, and returns
+// the status and JSON body of a 200 answer. Any other answer is an error
+// that quotes the start of its body.
+func fetch(ctx context.Context, client *http.Client, url string, in http.Header) (int, json.RawMessage, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, nil, err
 	}
-	if id != "" {
-		req.Header.Set("X-Request-Id", id)
+	for _, name := range propagated {
+		if v := in.Values(name); len(v) > 0 {
+			req.Header[name] = v
+		}
 	}
 	resp, err := client.Do(req)
 	if err != nil {

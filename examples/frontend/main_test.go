@@ -30,12 +30,24 @@ func fakeOutbound(t *testing.T, status int, body string) (*httptest.Server, <-ch
 	return srv, reqs
 }
 
+// traceparent is the W3C trace context the tests' requests carry.
+const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 // get sends GET / with X-Request-Id to a frontend whose outbound is addr.
 func get(t *testing.T, addr string) *httptest.ResponseRecorder {
 	t.Helper()
-	h := newHandler("fe", "catalog", newMeshClient(addr, 5*time.Second), slog.New(slog.DiscardHandler))
-	req := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(t.Context())
+	return getPath(t, addr, "/")
+}
+
+// getPath sends GET path with X-Request-Id and a traceparent to a frontend
+// whose outbound is addr and whose cart is the service "cart".
+func getPath(t *testing.T, addr, path string) *httptest.ResponseRecorder {
+	t.Helper()
+	h := newHandler("fe", "catalog", "cart", newMeshClient(addr, 5*time.Second), slog.New(slog.DiscardHandler))
+	req := httptest.NewRequest(http.MethodGet, path, nil).WithContext(t.Context())
 	req.Header.Set("X-Request-Id", "rid-1")
+	req.Header.Set("Traceparent", traceparent)
+	req.Header.Set("Tracestate", "vendor=1")
 	req.Header.Set(peerHeader, "spiffe://mesh.local/ns/default/svc/visitor")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
@@ -54,6 +66,10 @@ func TestPageGoesThroughOutbound(t *testing.T) {
 		t.Errorf("outbound got Host %q path %q X-Request-Id %q, want catalog, /items, rid-1",
 			got.Host, got.URL.Path, got.Header.Get("X-Request-Id"))
 	}
+	if got.Header.Get("Traceparent") != traceparent || got.Header.Get("Tracestate") != "vendor=1" {
+		t.Errorf("outbound got traceparent %q tracestate %q, want the incoming trace context passed on",
+			got.Header.Get("Traceparent"), got.Header.Get("Tracestate"))
+	}
 	var page struct {
 		Frontend       string `json:"frontend"`
 		RequestID      string `json:"request_id"`
@@ -69,6 +85,31 @@ func TestPageGoesThroughOutbound(t *testing.T) {
 	if page.Frontend != "fe" || page.RequestID != "rid-1" || page.UpstreamStatus != 200 || page.Catalog.Instance != "catalog-2" ||
 		page.Peer != "spiffe://mesh.local/ns/default/svc/visitor" {
 		t.Errorf("page %+v", page)
+	}
+}
+
+func TestCartGoesThroughOutbound(t *testing.T) {
+	srv, reqs := fakeOutbound(t, http.StatusOK, `{"instance":"cart-1","items":[]}`)
+	rec := getPath(t, srv.Listener.Addr().String(), "/cart")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d (%s), want 200", rec.Code, rec.Body)
+	}
+	got := <-reqs
+	if got.Host != "cart" || got.URL.Path != "/cart" || got.Header.Get("Traceparent") != traceparent {
+		t.Errorf("outbound got Host %q path %q traceparent %q, want cart, /cart and the incoming trace context",
+			got.Host, got.URL.Path, got.Header.Get("Traceparent"))
+	}
+	var page cartResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
+		t.Fatalf("body %q: %v", rec.Body, err)
+	}
+	if page.Frontend != "fe" || page.UpstreamStatus != 200 || !strings.Contains(string(page.Cart), `"cart-1"`) {
+		t.Errorf("page %+v", page)
+	}
+
+	denied, _ := fakeOutbound(t, http.StatusForbidden, "denied\n")
+	if rec := getPath(t, denied.Listener.Addr().String(), "/cart"); rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), "403") {
+		t.Errorf("cart answering 403: got %d %q, want 502 naming the 403", rec.Code, rec.Body)
 	}
 }
 
