@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,6 +41,10 @@ type app struct {
 	addr string
 	mu   sync.Mutex
 	reqs []seen
+	// inflight counts handlers that have not recorded their request yet:
+	// one still reading a body the sidecar has cut records it only when
+	// the sidecar closes the connection, maybe after its row has ended.
+	inflight atomic.Int64
 }
 
 func startApp(t *testing.T) *app {
@@ -47,10 +52,12 @@ func startApp(t *testing.T) *app {
 	a := &app{}
 	ln := meshtest.Listen(t)
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.inflight.Add(1)
 		b, err := io.ReadAll(r.Body)
 		a.mu.Lock()
 		a.reqs = append(a.reqs, seen{Method: r.Method, Target: r.RequestURI, Header: r.Header.Clone(), Body: string(b), BodyErr: err})
 		a.mu.Unlock()
+		a.inflight.Add(-1)
 		io.WriteString(w, "app "+r.RequestURI)
 	})}
 	go srv.Serve(ln)
@@ -66,6 +73,15 @@ func (a *app) take() []seen {
 	out := a.reqs
 	a.reqs = nil
 	return out
+}
+
+// settle waits until every request the app has begun is recorded, then
+// forgets them all: what an earlier row's connection left behind must not
+// count against the next row.
+func (a *app) settle(t *testing.T) {
+	t.Helper()
+	meshtest.WaitFor(t, 10*time.Second, "the app's handlers to finish", func() bool { return a.inflight.Load() == 0 })
+	a.take()
 }
 
 // targets lists the request targets of reqs.

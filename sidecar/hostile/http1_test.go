@@ -209,7 +209,7 @@ func TestHTTP1(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m.app.take()
+			m.app.settle(t)
 			addr, tlsConf := m.out, m.clientTLS
 			if !tc.inbound {
 				tlsConf = nil
