@@ -67,7 +67,7 @@ func listenerSpecs(cfg *config.Config) map[string]listenerSpec {
 		}
 	}
 	if cfg.OutboundEnabled() {
-		specs[cfg.Outbound.Listen] = listenerSpec{addr: cfg.Outbound.Listen, role: roleOutbound, opts: cfg.Outbound}
+		specs[cfg.Outbound.Listen] = listenerSpec{addr: cfg.Outbound.Listen, role: roleOutbound, opts: cfg.Outbound.Listener}
 	}
 	if cfg.Edge != nil {
 		for _, l := range cfg.Edge.Listeners {
@@ -75,7 +75,7 @@ func listenerSpecs(cfg *config.Config) map[string]listenerSpec {
 		}
 	}
 	if cfg.Admin != nil {
-		specs[cfg.Admin.Listen] = listenerSpec{addr: cfg.Admin.Listen, role: roleAdmin, opts: cfg.Outbound}
+		specs[cfg.Admin.Listen] = listenerSpec{addr: cfg.Admin.Listen, role: roleAdmin, opts: cfg.Outbound.Listener}
 	}
 	for _, u := range cfg.Upstreams {
 		if u.Listen == "" {
@@ -83,7 +83,7 @@ func listenerSpecs(cfg *config.Config) map[string]listenerSpec {
 		}
 		specs[u.Listen] = listenerSpec{
 			addr: u.Listen, role: roleUpstreamPrefix + u.Service,
-			tcp: u.Protocol == config.ProtocolTCP, opts: cfg.Outbound,
+			tcp: u.Protocol == config.ProtocolTCP, opts: cfg.Outbound.Listener,
 		}
 	}
 	return specs
@@ -124,6 +124,7 @@ func (s *Sidecar) newServer(spec listenerSpec) *server {
 	case spec.role == roleAdmin:
 		srv = listener.NewHTTP(admin.Handler(adminState{s}), httpOpts)
 	case spec.role == roleOutbound:
+		httpOpts.Detection = s.outboundDetection()
 		srv = serve(outboundRouter{s})
 	case spec.role == roleEdge:
 		if ec := s.edgeCerts[spec.addr]; ec != nil {

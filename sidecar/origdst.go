@@ -17,7 +17,8 @@ import (
 // upstream is routed by where the app meant to connect. An address that
 // belongs to a known instance of an upstream's service is balanced across
 // that service's instances, as linkerd does; any other address is passed
-// through or refused, as outbound.original_destination says.
+// through or refused, as outbound.original_destination says. A redirected
+// connection that is not HTTP is routed the same way (origdst_tcp.go).
 
 // passthroughHeader marks a request the sidecar passed through to its
 // original destination. Seen again on the outbound listener it means the

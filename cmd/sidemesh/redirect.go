@@ -29,7 +29,10 @@ ports (--inbound-ports; all ports when empty) to the inbound listener
 --proxy-uid, or group, --proxy-gid: run the sidecar as that user or group),
 traffic over the loopback interface except to --loopback-ports, and the
 excluded ports (default ` + defaults + `: SSH, the admin API, Consul
-and gossip).
+and gossip). The outbound listener routes redirected HTTP by its Host
+header, and any other TCP by the address the app dialled (see
+outbound.original_destination, outbound.detect_timeout and
+outbound.opaque_ports in the config).
 
 IPv4 only unless --ipv6. The rules live in chains of their own
 (SIDEMESH_PREROUTING, SIDEMESH_OUTPUT, SIDEMESH_REDIRECT, SIDEMESH_IN_REDIRECT

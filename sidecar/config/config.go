@@ -6,7 +6,10 @@
 // Validate. A Config returned by Load or Parse has passed Validate.
 package config
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Config is the whole configuration of one sidemesh process.
 type Config struct {
@@ -17,8 +20,10 @@ type Config struct {
 	// Default listen address 0.0.0.0:21000; ignored when Service is nil.
 	Inbound Listener `yaml:"inbound"`
 	// Outbound is the loopback listener the local app sends plain HTTP to;
-	// the Host header names the upstream. Default 127.0.0.1:15001.
-	Outbound Listener `yaml:"outbound"`
+	// the Host header names the upstream. Default 127.0.0.1:15001. With
+	// transparent interception it also takes the app's other TCP (see
+	// OutboundListener).
+	Outbound OutboundListener `yaml:"outbound"`
 	// Admin, when set, serves the admin API (readiness, endpoints,
 	// discovery and identity state). Default listen 127.0.0.1:19000.
 	Admin *Admin `yaml:"admin"`
@@ -250,6 +255,7 @@ const (
 	DefaultTCPIdleTimeout     = time.Hour
 	DefaultMaxIdlePerEndpoint = 256
 	DefaultDrainTimeout       = 15 * time.Second
+	DefaultDetectTimeout      = time.Second
 )
 
 // File returns the path the config was loaded from, or "" for a Config
@@ -285,8 +291,12 @@ type Position struct {
 // upstreams.
 func Default() *Config {
 	return &Config{
-		Inbound:      defaultListener(DefaultInboundListen),
-		Outbound:     defaultListener(DefaultOutboundListen),
+		Inbound: defaultListener(DefaultInboundListen),
+		Outbound: OutboundListener{
+			Listener:      defaultListener(DefaultOutboundListen),
+			DetectTimeout: DefaultDetectTimeout,
+			OpaquePorts:   slices.Clone(DefaultOpaquePorts),
+		},
 		DrainTimeout: DefaultDrainTimeout,
 		Log:          Log{Level: "info", Format: "text"},
 		Telemetry:    Telemetry{AccessLog: AccessLogOff},

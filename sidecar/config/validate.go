@@ -68,7 +68,8 @@ func (c *Config) validate() ErrorList {
 		v.service(c.Service)
 	}
 	v.listener("inbound", &c.Inbound, c.Service != nil)
-	v.listener("outbound", &c.Outbound, c.OutboundEnabled())
+	v.listener("outbound", &c.Outbound.Listener, c.OutboundEnabled())
+	v.outboundDetection(&c.Outbound)
 	if od := c.Outbound.OriginalDestination; od != "" {
 		v.oneOf("outbound.original_destination", "action", od, []string{OriginalDestinationPassthrough, OriginalDestinationRefuse})
 	}

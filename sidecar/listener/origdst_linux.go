@@ -35,59 +35,69 @@ func OriginalDestination(c net.Conn) (netip.AddrPort, error) {
 	if !ok {
 		return netip.AddrPort{}, fmt.Errorf("original destination of a %T: %w", c, ErrNoOriginalDestination)
 	}
-	local, _ := tc.LocalAddr().(*net.TCPAddr)
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
-	}
-	var dst netip.AddrPort
-	var opErr error
-	err = raw.Control(func(fd uintptr) {
-		if local != nil && local.IP.To4() == nil {
-			dst, opErr = originalDst6(int(fd))
-		} else {
-			dst, opErr = originalDst4(int(fd))
-		}
-	})
-	if err == nil {
-		err = opErr
-	}
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOPROTOOPT) {
-			// No conntrack entry with a translation: not redirected.
-			return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", tc.RemoteAddr(), ErrNoOriginalDestination)
-		}
-		return netip.AddrPort{}, fmt.Errorf("original destination of %s: getsockopt: %w", tc.RemoteAddr(), err)
-	}
-	if local != nil && dst == local.AddrPort() {
+	dst, err := originalDestination(tc)
+	switch {
+	case errors.Is(err, errNotRedirected):
 		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", tc.RemoteAddr(), ErrNoOriginalDestination)
+	case err != nil:
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", tc.RemoteAddr(), err)
 	}
 	return dst, nil
 }
 
-func originalDst4(fd int) (netip.AddrPort, error) {
+// originalDestination is OriginalDestination for a *net.TCPConn, without
+// allocating when c was not redirected: the accept path asks it of every
+// connection of a listener with Detection. Its errors are
+// errNotRedirected, an errno, or what SyscallConn reports.
+func originalDestination(c *net.TCPConn) (netip.AddrPort, error) {
+	local, _ := c.LocalAddr().(*net.TCPAddr)
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var dst netip.AddrPort
+	var errno syscall.Errno
+	err = raw.Control(func(fd uintptr) {
+		if local != nil && local.IP.To4() == nil {
+			dst, errno = originalDst6(int(fd))
+		} else {
+			dst, errno = originalDst4(int(fd))
+		}
+	})
+	switch {
+	case err != nil:
+		return netip.AddrPort{}, err
+	case errno == unix.ENOENT || errno == unix.ENOPROTOOPT:
+		// No conntrack entry with a translation: not redirected.
+		return netip.AddrPort{}, errNotRedirected
+	case errno != 0:
+		return netip.AddrPort{}, fmt.Errorf("getsockopt: %w", errno)
+	case local != nil && dst == local.AddrPort():
+		return netip.AddrPort{}, errNotRedirected
+	}
+	return dst, nil
+}
+
+func originalDst4(fd int) (netip.AddrPort, syscall.Errno) {
 	var sa unix.RawSockaddrInet4
-	if err := getsockopt(fd, unix.SOL_IP, unsafe.Pointer(&sa), unsafe.Sizeof(sa)); err != nil {
-		return netip.AddrPort{}, err
+	if errno := getsockopt(fd, unix.SOL_IP, unsafe.Pointer(&sa), unsafe.Sizeof(sa)); errno != 0 {
+		return netip.AddrPort{}, errno
 	}
-	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), nil
+	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), 0
 }
 
-func originalDst6(fd int) (netip.AddrPort, error) {
+func originalDst6(fd int) (netip.AddrPort, syscall.Errno) {
 	var sa unix.RawSockaddrInet6
-	if err := getsockopt(fd, unix.SOL_IPV6, unsafe.Pointer(&sa), unsafe.Sizeof(sa)); err != nil {
-		return netip.AddrPort{}, err
+	if errno := getsockopt(fd, unix.SOL_IPV6, unsafe.Pointer(&sa), unsafe.Sizeof(sa)); errno != 0 {
+		return netip.AddrPort{}, errno
 	}
-	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), ntohs(sa.Port)), nil
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), ntohs(sa.Port)), 0
 }
 
-func getsockopt(fd, level int, p unsafe.Pointer, size uintptr) error {
+func getsockopt(fd, level int, p unsafe.Pointer, size uintptr) syscall.Errno {
 	l := uint32(size)
 	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), soOriginalDst, uintptr(p), uintptr(unsafe.Pointer(&l)), 0)
-	if errno != 0 {
-		return syscall.Errno(errno)
-	}
-	return nil
+	return errno
 }
 
 // ntohs turns a port in network byte order, as the kernel fills it into
@@ -95,4 +105,27 @@ func getsockopt(fd, level int, p unsafe.Pointer, size uintptr) error {
 func ntohs(p uint16) uint16 {
 	b := (*[2]byte)(unsafe.Pointer(&p))
 	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// bindAnyPort binds the socket fd, of network "tcp4" or "tcp6", to a free
+// port on every address before it connects, and returns the port.
+func bindAnyPort(fd uintptr, network string) (uint16, error) {
+	var sa unix.Sockaddr = &unix.SockaddrInet4{}
+	if network == "tcp6" {
+		sa = &unix.SockaddrInet6{}
+	}
+	if err := unix.Bind(int(fd), sa); err != nil {
+		return 0, err
+	}
+	got, err := unix.Getsockname(int(fd))
+	if err != nil {
+		return 0, err
+	}
+	switch a := got.(type) {
+	case *unix.SockaddrInet4:
+		return uint16(a.Port), nil
+	case *unix.SockaddrInet6:
+		return uint16(a.Port), nil
+	}
+	return 0, fmt.Errorf("bound to a %T", got)
 }

@@ -27,6 +27,12 @@ type HTTPOptions struct {
 	// Logger receives the server's internal errors. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Detection, when set on a plain-text server, tells HTTP from other
+	// TCP on the connections netfilter redirected to it and hands the
+	// rest to Detection.Opaque (sniff.go). Nil (the default) serves every
+	// connection as HTTP; connections that were not redirected are served
+	// so either way, for one getsockopt at accept.
+	Detection *Detection
 }
 
 // TCPServer is what a TCP server runs (proxy.TCPProxy): Serve accepts
@@ -51,7 +57,8 @@ type Server struct {
 	hard       context.Context
 	cancelHard context.CancelFunc
 	// active counts running HTTP handlers, including upgraded ones that
-	// http.Server.Shutdown does not wait for.
+	// http.Server.Shutdown does not wait for, and redirected connections
+	// in detection or served by Detection.Opaque.
 	active sync.WaitGroup
 	// conns counts open HTTP connections; connsChanged is poked (never
 	// blocking) whenever one opens or closes.
@@ -64,6 +71,8 @@ type Server struct {
 	// tlsConfig terminates TLS for a TCP server (HTTP servers keep theirs
 	// in http.Server.TLSConfig).
 	tlsConfig *tls.Config
+	// detection is HTTPOptions.Detection.
+	detection *Detection
 }
 
 // drainQuietPeriod is how long a draining HTTP server waits for its
@@ -88,7 +97,7 @@ func NewHTTP(h http.Handler, o HTTPOptions) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &Server{log: o.Logger, served: make(chan struct{}), connsChanged: make(chan struct{}, 1)}
+	s := &Server{log: o.Logger, served: make(chan struct{}), connsChanged: make(chan struct{}, 1), detection: o.Detection}
 	s.hard, s.cancelHard = context.WithCancel(context.Background())
 	tracked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.active.Add(1)
@@ -162,7 +171,7 @@ func (s *Server) Serve(sock *Socket) {
 		case s.http != nil && s.http.TLSConfig != nil:
 			err = s.http.ServeTLS(s.handoff, "", "")
 		case s.http != nil:
-			err = s.http.Serve(framingListener{s.handoff})
+			err = s.http.Serve(framingListener{s.sniffing(sock)})
 		case s.tlsConfig != nil:
 			err = s.tcp.Serve(tls.NewListener(s.handoff, s.tlsConfig))
 		default:

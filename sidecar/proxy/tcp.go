@@ -37,6 +37,15 @@ type TCPTarget struct {
 	TLS *tls.Config
 	// Telemetry counts connections and bytes. Nil records nothing.
 	Telemetry *telemetry.Client
+	// HideEndpoints leaves the endpoint out of Telemetry's series, for
+	// endpoints that are arbitrary addresses (an original destination
+	// passed through), which must not become metric series. Default
+	// false.
+	HideEndpoints bool
+	// Dial opens the connection to an endpoint, before TLS; it must
+	// return by the deadline of ctx. Nil means a net.Dialer's
+	// DialContext.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // TCPProxy accepts connections and splices each to an endpoint chosen per
@@ -138,6 +147,18 @@ func (p *TCPProxy) untrack(s *tcpSession) {
 	p.wg.Done()
 }
 
+// ServeConn proxies c, a connection accepted elsewhere, as Serve proxies
+// the connections it accepts (Admit included), and returns when it has
+// ended; Shutdown closes it like those. It closes c.
+func (p *TCPProxy) ServeConn(c net.Conn) {
+	s := &tcpSession{client: c}
+	if !p.track(s) {
+		c.Close()
+		return
+	}
+	p.serve(s)
+}
+
 // Active returns the number of open proxied connections.
 func (p *TCPProxy) Active() int {
 	p.mu.Lock()
@@ -226,12 +247,16 @@ func (p *TCPProxy) serve(s *tcpSession) {
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
+	endpoint := pick.Endpoint.Addr // as metrics name it
+	if t.HideEndpoints {
+		endpoint = ""
+	}
 	start := time.Now()
-	up, err := dialEndpoint(pick.Endpoint.Addr, timeout, t.TLS)
+	up, err := dialEndpoint(pick.Endpoint.Addr, timeout, t)
 	if err != nil {
 		pick.Done(balancer.Result{Err: err, Latency: time.Since(start)})
 		log.Warn("tcp: connect failed", "endpoint", pick.Endpoint.Addr, "err", err)
-		conn.End(pick.Endpoint.Addr, string(pipeline.KindConnectFailure), 0, 0)
+		conn.End(endpoint, string(pipeline.KindConnectFailure), 0, 0)
 		return
 	}
 	res := balancer.Result{Latency: time.Since(start)}
@@ -241,7 +266,7 @@ func (p *TCPProxy) serve(s *tcpSession) {
 		if res.Err != nil {
 			kind = string(pipeline.KindReset)
 		}
-		conn.End(pick.Endpoint.Addr, kind, s.sent.Load(), s.received.Load())
+		conn.End(endpoint, kind, s.sent.Load(), s.received.Load())
 	}()
 	s.mu.Lock()
 	if s.closed {
@@ -331,17 +356,30 @@ func (s *tcpSession) pipe(dst, src net.Conn, idle time.Duration, count *atomic.I
 // admitTimeout bounds TCPProxy.Admit, which includes a TLS handshake.
 const admitTimeout = 10 * time.Second
 
-// dialEndpoint connects to addr, with TLS when cfg is set, all within
-// timeout.
-func dialEndpoint(addr string, timeout time.Duration, cfg *tls.Config) (net.Conn, error) {
+// dialEndpoint connects to addr with t.Dial, with TLS when t.TLS is set,
+// all within timeout.
+func dialEndpoint(addr string, timeout time.Duration, t *TCPTarget) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var d net.Dialer
-	if cfg == nil {
-		return d.DialContext(ctx, "tcp", addr)
+	dial := t.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
 	}
-	td := tls.Dialer{NetDialer: &d, Config: cfg}
-	return td.DialContext(ctx, "tcp", addr)
+	c, err := dial(ctx, "tcp", addr)
+	if err != nil || t.TLS == nil {
+		return c, err
+	}
+	cfg := t.TLS
+	if cfg.ServerName == "" { // as tls.Dialer does
+		cfg = cfg.Clone()
+		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // errIdle ends a TCP session that saw no traffic for its idle timeout.
