@@ -11,6 +11,8 @@
 #                  browser test and the quick start's test use, unless they are
 #                  on the PATH (apt-get; sudo when not root)
 #   make bench   the Go benchmarks
+#   make bench-compare  sidemesh beside nginx, HAProxy and Go's ReverseProxy
+#                (examples/benchcompare): a table and plots in bench-results/
 #   make fuzz    every fuzz target, each for FUZZTIME (default 100000x:
 #                a count of executions; FUZZTIME=30s also works)
 #   make image   a Docker image FROM scratch around the static binary
@@ -37,7 +39,7 @@ TEST_FUZZTIME ?= 10000x
 # sidemesh's), once, into a cache folder. Cold, it takes a few minutes.
 CONSUL   := .cache/bin/consul
 
-.PHONY: build demo test vet bench fuzz image consul jaeger chromium clean \
+.PHONY: build demo test vet bench bench-compare fuzz image consul jaeger chromium clean \
 	compose-images compose-secrets compose-up compose-down test-compose
 
 # A single static binary: no cgo, no libc.
@@ -89,6 +91,15 @@ chromium:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The harness is built, not run with `go run`, so that Ctrl-C reaches it
+# directly and it stops its proxies. BENCH_FLAGS passes flags through:
+# -rounds, -duration, -rates, -only REGEXP, -quick (see -help).
+BENCH_OUT   ?= bench-results
+BENCH_FLAGS ?=
+bench-compare: build
+	$(GO) build -o bin/benchcompare ./examples/benchcompare
+	bin/benchcompare -sidemesh $(BIN) -out $(BENCH_OUT) $(BENCH_FLAGS)
 
 # Every fuzz target in the tree, FUZZTIME each, found by name so that a new
 # target runs without editing this file.
