@@ -37,12 +37,12 @@ func echoApp(t *testing.T) (port int, seen *atomic.Int64) {
 
 // meshCA issues the certificates of the mTLS tests into a directory.
 type meshCA struct {
-	t   *testing.T
+	t   testing.TB
 	ca  *identity.TestCA
 	dir string
 }
 
-func newMeshCA(t *testing.T, trustDomain string) *meshCA {
+func newMeshCA(t testing.TB, trustDomain string) *meshCA {
 	ca, err := identity.NewTestCA(trustDomain)
 	if err != nil {
 		t.Fatal(err)

@@ -138,8 +138,12 @@ const meshDomain = ".mesh"
 // trailing meshDomain are removed and the name is lower-cased.
 // "Catalog.mesh:80" names "catalog".
 func serviceFromHost(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+	// Only a host with a ':' can have a port: SplitHostPort allocates
+	// the error it returns for one without (every request by name).
+	if strings.IndexByte(host, ':') >= 0 {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	return strings.TrimSuffix(host, meshDomain)

@@ -306,6 +306,7 @@ func (s *Sidecar) apply(ctx context.Context, cfg *config.Config) error {
 		bound[addr] = sock
 	}
 	maps.Copy(s.sockets, bound)
+	applyConcurrency(cfg.Concurrency, s.log)
 	s.security.ApplyPolicy(pol)
 
 	// Upstreams, reusing what is unchanged.

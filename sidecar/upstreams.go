@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
-	"net/http"
 	"reflect"
 	"strconv"
 	"sync/atomic"
@@ -46,8 +45,8 @@ type upstream struct {
 	health *healthRun // nil when health checks are off
 
 	tkey      transportKey
-	transport *http.Transport
-	upgrade   *http.Transport // HTTP/1.1, for WebSocket upgrades
+	transport *proxy.Transport
+	upgrade   *proxy.Transport // HTTP/1.1, for WebSocket upgrades
 
 	proxy *proxy.Upstream
 	// proxyOpts built proxy; an edge route with its own timeout or

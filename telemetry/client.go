@@ -57,6 +57,7 @@ type Try struct {
 	start    time.Time
 	endpoint string
 	method   string
+	series   *endpointSeries // nil without metrics
 }
 
 // StartTry starts a try of req to an endpoint: a client span, child of
@@ -89,7 +90,7 @@ func (c *Client) StartTry(ctx context.Context, req *http.Request, info TryInfo) 
 		}
 		try.span.SetAttributes(attrs...)
 	}
-	t.metrics.clientStart(ctx, c.upstream, info.Endpoint)
+	try.series = t.metrics.clientStart(c.upstream, info.Endpoint)
 	return try
 }
 
@@ -100,7 +101,7 @@ func (tr Try) End(status int, errKind string) {
 	if tr.c == nil {
 		return
 	}
-	tr.c.t.metrics.clientEnd(tr.ctx, tr.c.upstream, tr.endpoint, tr.method, status, errKind, time.Since(tr.start))
+	tr.c.t.metrics.clientEnd(tr.ctx, tr.series, tr.c.upstream, tr.endpoint, tr.method, status, errKind, time.Since(tr.start))
 	if tr.span == nil {
 		return
 	}

@@ -90,10 +90,14 @@ var durationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 
 // nothing.
 type Metrics struct {
 	serverDuration metric.Float64Histogram
-	serverActive   metric.Int64UpDownCounter
 	clientDuration metric.Float64Histogram
-	clientActive   metric.Int64UpDownCounter
-	transitions    metric.Int64Counter
+	// serverActive and clientActive report the in-flight counts of
+	// serverSeries and endpointSeries when metrics are collected, so
+	// that the request path counts a request with an atomic add, not a
+	// measurement through the SDK.
+	serverActive metric.Int64ObservableUpDownCounter
+	clientActive metric.Int64ObservableUpDownCounter
+	transitions  metric.Int64Counter
 	ejections      metric.Int64Counter
 	denials        metric.Int64Counter
 	tcpConns       metric.Int64Counter
@@ -104,14 +108,18 @@ type Metrics struct {
 	// allocates, which the request path should not pay every time. It
 	// holds at most maxCachedSeries; past that (endpoints coming and
 	// going for weeks), sets are built per measurement.
-	sets   sync.Map // seriesKey -> metric.MeasurementOption
+	sets   sync.Map // seriesKey -> *series
 	cached atomic.Int64
 
 	// servers holds the server side's series by listener and service
-	// (serverKey -> *serverSeries): the in-flight gauge's attributes and
-	// the counters the history samples.
+	// (serverKey -> *serverSeries): the requests in flight and the
+	// counters the history samples.
 	servers     sync.Map
 	serverCount atomic.Int64
+	// endpoints holds the tries in flight by upstream and endpoint
+	// (endpointKey -> *endpointSeries), at most maxCachedSeries.
+	endpoints     sync.Map
+	endpointCount atomic.Int64
 	// upstreams holds every upstream's retry counters, reported by an
 	// observable counter (so that they start at 0) and sampled by the
 	// history.
@@ -165,16 +173,20 @@ func newMetrics(m metric.Meter) (*Metrics, error) {
 		metric.WithDescription("Duration of HTTP requests a sidemesh listener served, from the first header byte read to the last body byte written."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
 	note(err)
-	x.serverActive, err = m.Int64UpDownCounter("http.server.active_requests", metric.WithUnit("{request}"),
+	x.serverActive, err = m.Int64ObservableUpDownCounter("http.server.active_requests", metric.WithUnit("{request}"),
 		metric.WithDescription("HTTP requests a sidemesh listener is serving now."))
 	note(err)
 	x.clientDuration, err = m.Float64Histogram("http.client.request.duration", metric.WithUnit("s"),
 		metric.WithDescription("Duration of each try sent to an upstream endpoint, until its response body ended."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
 	note(err)
-	x.clientActive, err = m.Int64UpDownCounter("http.client.active_requests", metric.WithUnit("{request}"),
+	x.clientActive, err = m.Int64ObservableUpDownCounter("http.client.active_requests", metric.WithUnit("{request}"),
 		metric.WithDescription("Tries in flight to an upstream endpoint."))
 	note(err)
+	if err == nil {
+		_, err = m.RegisterCallback(x.observeActive, x.serverActive, x.clientActive)
+		note(err)
+	}
 	x.transitions, err = m.Int64Counter("sidemesh.endpoint.breaker.transitions", metric.WithUnit("{transition}"),
 		metric.WithDescription("Circuit breaker state changes, by the state entered."))
 	note(err)
@@ -199,21 +211,37 @@ func newMetrics(m metric.Meter) (*Metrics, error) {
 	return &x, nil
 }
 
-// set returns the cached measurement option for k, building its
-// attributes with build the first time.
-func (m *Metrics) set(k seriesKey, build func() []attribute.KeyValue) metric.MeasurementOption {
-	if o, ok := m.sets.Load(k); ok {
-		return o.(metric.MeasurementOption)
+// series is the attribute set of one series as the instruments take it:
+// opt for any call, and add and rec, the same option as the one-element
+// slices Add and Record are passed. A variadic call through an interface
+// allocates its slice on every call; passing one built once allocates
+// nothing. Immutable.
+type series struct {
+	opt metric.MeasurementOption
+	add []metric.AddOption
+	rec []metric.RecordOption
+}
+
+func newSeries(kv []attribute.KeyValue) *series {
+	o := metric.WithAttributeSet(attribute.NewSet(kv...))
+	return &series{opt: o, add: []metric.AddOption{o}, rec: []metric.RecordOption{o}}
+}
+
+// set returns the cached series of k, building its attributes with build
+// the first time.
+func (m *Metrics) set(k seriesKey, build func() []attribute.KeyValue) *series {
+	if s, ok := m.sets.Load(k); ok {
+		return s.(*series)
 	}
-	o := metric.WithAttributeSet(attribute.NewSet(build()...))
+	s := newSeries(build())
 	if m.cached.Load() >= maxCachedSeries {
-		return o
+		return s
 	}
-	if prev, loaded := m.sets.LoadOrStore(k, o); loaded {
-		return prev.(metric.MeasurementOption)
+	if prev, loaded := m.sets.LoadOrStore(k, s); loaded {
+		return prev.(*series)
 	}
 	m.cached.Add(1)
-	return o
+	return s
 }
 
 // knownMethods are the methods the semantic conventions name; any other
@@ -232,16 +260,31 @@ func methodName(method string) string {
 	return "_OTHER"
 }
 
+// observeActive reports the requests and tries in flight.
+func (m *Metrics) observeActive(_ context.Context, ob metric.Observer) error {
+	m.servers.Range(func(_, v any) bool {
+		s := v.(*serverSeries)
+		ob.ObserveInt64(m.serverActive, s.inflight.Load(), s.active.opt)
+		return true
+	})
+	m.endpoints.Range(func(_, v any) bool {
+		s := v.(*endpointSeries)
+		ob.ObserveInt64(m.clientActive, s.inflight.Load(), s.active.opt)
+		return true
+	})
+	return nil
+}
+
 // serverStart counts a request a listener began serving; serverEnd
 // records its end, with its status (0 when no response was written).
-func (m *Metrics) serverStart(ctx context.Context, listener, service string) {
+func (m *Metrics) serverStart(listener, service string) {
 	if m == nil {
 		return
 	}
-	m.serverActive.Add(ctx, 1, m.server(listener, service).active)
+	m.server(listener, service).inflight.Add(1)
 }
 
-func (m *Metrics) serverActiveOpt(listener, service string) metric.MeasurementOption {
+func (m *Metrics) serverActiveSeries(listener, service string) *series {
 	return m.set(seriesKey{kind: seriesServerActive, a: listener, b: service}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{KeyListener.String(listener), KeyService.String(service)}
 	})
@@ -252,7 +295,7 @@ func (m *Metrics) serverEnd(ctx context.Context, listener, service, method strin
 		return
 	}
 	srv := m.server(listener, service)
-	m.serverActive.Add(ctx, -1, srv.active)
+	srv.inflight.Add(-1)
 	srv.stats.record(status, d)
 	method = methodName(method)
 	m.serverDuration.Record(ctx, d.Seconds(), m.set(seriesKey{kind: seriesServer, a: listener, b: service, method: method, status: status}, func() []attribute.KeyValue {
@@ -264,7 +307,7 @@ func (m *Metrics) serverEnd(ctx context.Context, listener, service, method strin
 			kv = append(kv, keyErrorType.String(errorType(status)))
 		}
 		return kv
-	}))
+	}).rec...)
 }
 
 // errorType is error.type for a status: the status code as text, or
@@ -286,24 +329,54 @@ func endpointAttrs(addr string) []attribute.KeyValue {
 	return []attribute.KeyValue{keyServerAddr.String(host), keyServerPort.Int(p)}
 }
 
-func (m *Metrics) clientStart(ctx context.Context, upstream, endpoint string) {
-	if m == nil {
-		return
-	}
-	m.clientActive.Add(ctx, 1, m.clientActiveOpt(upstream, endpoint))
+// endpointKey identifies an endpointSeries.
+type endpointKey struct{ upstream, endpoint string }
+
+// endpointSeries counts the tries in flight to one endpoint of an
+// upstream.
+type endpointSeries struct {
+	active   *series
+	inflight atomic.Int64
 }
 
-func (m *Metrics) clientActiveOpt(upstream, endpoint string) metric.MeasurementOption {
-	return m.set(seriesKey{kind: seriesClientActive, a: upstream, b: endpoint}, func() []attribute.KeyValue {
+// endpoint returns the series of upstream's endpoint, creating it the
+// first time. Past maxCachedSeries (endpoints coming and going for
+// weeks), a new endpoint's series is not kept, and its tries in flight
+// are not reported.
+func (m *Metrics) endpoint(upstream, endpoint string) *endpointSeries {
+	k := endpointKey{upstream, endpoint}
+	if s, ok := m.endpoints.Load(k); ok {
+		return s.(*endpointSeries)
+	}
+	s := &endpointSeries{active: m.set(seriesKey{kind: seriesClientActive, a: upstream, b: endpoint}, func() []attribute.KeyValue {
 		return append([]attribute.KeyValue{KeyUpstream.String(upstream)}, endpointAttrs(endpoint)...)
-	})
+	})}
+	if m.endpointCount.Load() >= maxCachedSeries {
+		return s
+	}
+	if prev, loaded := m.endpoints.LoadOrStore(k, s); loaded {
+		return prev.(*endpointSeries)
+	}
+	m.endpointCount.Add(1)
+	return s
 }
 
-func (m *Metrics) clientEnd(ctx context.Context, upstream, endpoint, method string, status int, errKind string, d time.Duration) {
+// clientStart counts a try to endpoint as in flight, in the series it
+// returns; clientEnd records the try's end.
+func (m *Metrics) clientStart(upstream, endpoint string) *endpointSeries {
+	if m == nil {
+		return nil
+	}
+	s := m.endpoint(upstream, endpoint)
+	s.inflight.Add(1)
+	return s
+}
+
+func (m *Metrics) clientEnd(ctx context.Context, es *endpointSeries, upstream, endpoint, method string, status int, errKind string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.clientActive.Add(ctx, -1, m.clientActiveOpt(upstream, endpoint))
+	es.inflight.Add(-1)
 	method = methodName(method)
 	m.clientDuration.Record(ctx, d.Seconds(), m.set(seriesKey{kind: seriesClient, a: upstream, b: endpoint, method: method, status: status, errorTyp: errKind}, func() []attribute.KeyValue {
 		kv := append([]attribute.KeyValue{KeyUpstream.String(upstream), keyMethod.String(method)}, endpointAttrs(endpoint)...)
@@ -317,10 +390,10 @@ func (m *Metrics) clientEnd(ctx context.Context, upstream, endpoint, method stri
 			kv = append(kv, keyErrorType.String(strconv.Itoa(status)))
 		}
 		return kv
-	}))
+	}).rec...)
 }
 
-func (m *Metrics) upstreamOpt(upstream string) metric.MeasurementOption {
+func (m *Metrics) upstreamSeries(upstream string) *series {
 	return m.set(seriesKey{kind: seriesUpstream, a: upstream}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{KeyUpstream.String(upstream)}
 	})
@@ -343,7 +416,7 @@ func (m *Metrics) BreakerTransition(upstream, endpoint, state string) {
 	}
 	m.transitions.Add(context.Background(), 1, m.set(seriesKey{kind: seriesEndpointState, a: upstream, b: endpoint, c: state}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{KeyUpstream.String(upstream), KeyEndpoint.String(endpoint), KeyBreakerState.String(state)}
-	}))
+	}).add...)
 }
 
 // Ejection counts an outlier ejection of endpoint.
@@ -353,7 +426,7 @@ func (m *Metrics) Ejection(upstream, endpoint string) {
 	}
 	m.ejections.Add(context.Background(), 1, m.set(seriesKey{kind: seriesEndpoint, a: upstream, b: endpoint}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{KeyUpstream.String(upstream), KeyEndpoint.String(endpoint)}
-	}))
+	}).add...)
 }
 
 // PolicyDenial counts a request or connection denied by rule (the rule's
@@ -365,12 +438,12 @@ func (m *Metrics) PolicyDenial(rule string) {
 	}
 	m.denials.Add(context.Background(), 1, m.set(seriesKey{kind: seriesRule, a: rule}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{KeyPolicyRule.String(rule)}
-	}))
+	}).add...)
 }
 
 func (m *Metrics) tcpStart(upstream string) {
 	if m != nil {
-		m.tcpActive.Add(context.Background(), 1, m.upstreamOpt(upstream))
+		m.tcpActive.Add(context.Background(), 1, m.upstreamSeries(upstream).add...)
 	}
 }
 
@@ -379,7 +452,7 @@ func (m *Metrics) tcpEnd(upstream, endpoint, errKind string, sent, received int6
 		return
 	}
 	ctx := context.Background()
-	m.tcpActive.Add(ctx, -1, m.upstreamOpt(upstream))
+	m.tcpActive.Add(ctx, -1, m.upstreamSeries(upstream).add...)
 	m.tcpConns.Add(ctx, 1, m.set(seriesKey{kind: seriesTCP, a: upstream, b: endpoint, errorTyp: errKind}, func() []attribute.KeyValue {
 		kv := []attribute.KeyValue{KeyUpstream.String(upstream)}
 		if endpoint != "" {
@@ -389,7 +462,7 @@ func (m *Metrics) tcpEnd(upstream, endpoint, errKind string, sent, received int6
 			kv = append(kv, keyErrorType.String(errKind))
 		}
 		return kv
-	}))
+	}).add...)
 	for _, d := range []struct {
 		dir string
 		n   int64
@@ -399,6 +472,6 @@ func (m *Metrics) tcpEnd(upstream, endpoint, errKind string, sent, received int6
 		}
 		m.tcpBytes.Add(ctx, d.n, m.set(seriesKey{kind: seriesTCPIO, a: upstream, b: endpoint, c: d.dir}, func() []attribute.KeyValue {
 			return []attribute.KeyValue{KeyUpstream.String(upstream), KeyEndpoint.String(endpoint), keyIODirection.String(d.dir)}
-		}))
+		}).add...)
 	}
 }

@@ -249,7 +249,7 @@ func observe(meter metric.Meter, m *Metrics, o Observed) error {
 		}
 		for _, name := range names() {
 			c := m.upstreamCounters(name)
-			attrs := m.upstreamOpt(name)
+			attrs := m.upstreamSeries(name).opt
 			ob.ObserveInt64(retries, int64(c.retries.Load()), attrs)
 			ob.ObserveInt64(budgetOut, int64(c.budgetOut.Load()), attrs)
 		}

@@ -85,7 +85,7 @@ func (t *Telemetry) BeginServer(ctx context.Context, r *http.Request, listener, 
 			span.SetAttributes(keyMethodOrig.String(r.Method))
 		}
 	}
-	t.metrics.serverStart(ctx, listener, service)
+	t.metrics.serverStart(listener, service)
 	return ctx
 }
 

@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"go.opentelemetry.io/otel/metric"
 )
 
 // The server side keeps, next to its OpenTelemetry instruments, a few
@@ -107,10 +105,12 @@ func (s *serverStats) record(status int, d time.Duration) {
 type serverKey struct{ listener, service string }
 
 // serverSeries is what the server side keeps per listener and service:
-// the attributes of the in-flight gauge and the history counters.
+// the requests in flight, their gauge's attributes, and the history
+// counters.
 type serverSeries struct {
-	active metric.MeasurementOption
-	stats  serverStats
+	active   *series
+	inflight atomic.Int64
+	stats    serverStats
 }
 
 // maxServerSeries bounds Metrics.servers. Services are configured names
@@ -126,7 +126,7 @@ func (m *Metrics) server(listener, service string) *serverSeries {
 	if s, ok := m.servers.Load(k); ok {
 		return s.(*serverSeries)
 	}
-	s := &serverSeries{active: m.serverActiveOpt(listener, service)}
+	s := &serverSeries{active: m.serverActiveSeries(listener, service)}
 	if m.serverCount.Load() >= maxServerSeries {
 		return s
 	}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"runtime"
 	"slices"
 
 	"go.yaml.in/yaml/v3"
@@ -10,11 +11,12 @@ import (
 // lists with the YAML key names: every default filled in, the defaults
 // that depend on other settings resolved (policy.default, hash_on,
 // per_try_timeout, each upstream's sources, a sticky cookie's name and
-// path), the sections of features that
-// are off reduced to what says so (a circuit breaker that is off shows
-// "enabled: false" only), and the OTLP exporters' headers, the only
-// secrets written inline, shown as "[redacted]". `sidemesh validate
-// --print` and the admin API's /config show it.
+// path, an automatic concurrency as the number the runtime chose), the
+// sections of features that are off reduced to what says so (a circuit
+// breaker that is off shows "enabled: false" only), and the OTLP
+// exporters' headers, the only secrets written inline, shown as
+// "[redacted]". `sidemesh validate --print` and the admin API's /config
+// show it.
 func (c *Config) Effective() map[string]any {
 	b, err := yaml.Marshal(c)
 	if err != nil {
@@ -23,6 +25,9 @@ func (c *Config) Effective() map[string]any {
 	var m map[string]any
 	if err := yaml.Unmarshal(b, &m); err != nil {
 		return map[string]any{"error": err.Error()}
+	}
+	if c.Concurrency == 0 {
+		m["concurrency"] = runtime.GOMAXPROCS(0) // automatic: the runtime's choice
 	}
 	if c.Service == nil {
 		delete(m, "service")

@@ -133,6 +133,9 @@ func (d *decoder) covers(path string) bool {
 // resolveDefaults fills the fields whose default depends on other fields
 // and that the file left unset.
 func (c *Config) resolveDefaults() {
+	if _, set := c.positions["concurrency"]; !set && c.Edge == nil && os.Getenv("GOMAXPROCS") == "" {
+		c.Concurrency = DefaultSidecarConcurrency
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		if _, set := c.positions[fmt.Sprintf("upstreams[%d].idle_timeout", i)]; set {

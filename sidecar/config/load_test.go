@@ -191,6 +191,7 @@ func TestParseInvalid(t *testing.T) {
 }
 
 func TestParseDefaults(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "") // else it, not the sidecar default, sets concurrency
 	c := mustParse(t, `
 service: { name: cart, port: 8080 }
 upstreams:
@@ -237,6 +238,7 @@ upstreams:
 	// With retries on, the timeout is shared among the tries; tcp has no
 	// tries, and no timeout leaves nothing to share.
 	want.Upstreams[0].Retries.PerTryTimeout = DefaultUpstreamTimeout / 3
+	want.Concurrency = DefaultSidecarConcurrency // no edge section: a sidecar
 
 	got := *c
 	got.file, got.positions = "", nil

@@ -20,6 +20,9 @@ const (
 	maxHeaderBytes = 16 << 20 // Listener.MaxHeaderBytes
 )
 
+// MaxConcurrency bounds Config.Concurrency.
+const MaxConcurrency = 1024
+
 var (
 	protocols  = []string{ProtocolHTTP, ProtocolHTTP2, ProtocolGRPC, ProtocolTCP}
 	logLevels  = []string{"debug", "info", "warn", "error"}
@@ -94,6 +97,9 @@ func (c *Config) validate() ErrorList {
 		}
 	}
 	v.nonNegative("drain_timeout", c.DrainTimeout)
+	if c.Concurrency < 0 || c.Concurrency > MaxConcurrency {
+		v.errorf("concurrency", "must be between 1 and %d CPUs, or 0 for automatic (the CPUs the container may use), got %d", MaxConcurrency, c.Concurrency)
+	}
 	v.oneOf("log.level", "log level", c.Log.Level, logLevels)
 	v.oneOf("log.format", "log format", c.Log.Format, logFormats)
 	v.telemetry(&c.Telemetry)

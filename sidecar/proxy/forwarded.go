@@ -31,7 +31,13 @@ func (f *Forwarded) Serve(w http.ResponseWriter, r *http.Request, next pipeline.
 	}
 	host := r.Host
 	var ip string
-	if clientIP.IsValid() {
+	switch {
+	case peer.Addr().Is4():
+		// RemoteAddr spells an IPv4 address canonically (ParseAddrPort
+		// refuses anything else): take it as it is, without formatting
+		// a copy.
+		ip = r.RemoteAddr[:strings.LastIndexByte(r.RemoteAddr, ':')]
+	case clientIP.IsValid():
 		ip = clientIP.String()
 	}
 	h := r.Header

@@ -90,13 +90,18 @@ func idempotent(method string) bool {
 }
 
 // backoff waits before retry number n (1-based), or until ctx is done; it
-// reports whether the wait completed.
-func (p *RetryPolicy) backoff(ctx context.Context, n int) bool {
+// reports whether the wait completed. A wait that would last until the
+// deadline (the upstream's timeout; zero for none) is not begun: the
+// timeout would end it.
+func (p *RetryPolicy) backoff(ctx context.Context, n int, deadline time.Time) bool {
 	if p.Backoff <= 0 {
 		return ctx.Err() == nil
 	}
 	ceiling := min(p.Backoff<<min(n-1, 10), 10*p.Backoff)
 	d := time.Duration(rand.Int64N(int64(ceiling) + 1))
+	if !deadline.IsZero() && time.Until(deadline) <= d {
+		return false
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -28,11 +28,38 @@ type TransportOptions struct {
 	MaxIdlePerEndpoint int
 }
 
-// NewTransport returns an http.Transport tuned for proxying: no
-// environment proxy, no transparent compression (the proxy must forward
+// Transport carries requests to the endpoints of one upstream. Over
+// HTTP/1.1, requests without a body and without an upgrade (most GETs)
+// take a path of their own, h1Transport, with its own pool of
+// connections; every other request (a body, a WebSocket upgrade, HTTP/2,
+// gRPC) goes through an http.Transport. Safe for concurrent use.
+type Transport struct {
+	std *http.Transport
+	h1  *h1Transport // nil when the upstream speaks HTTP/2
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.h1 != nil && h1Eligible(req) {
+		return t.h1.roundTrip(req)
+	}
+	return t.std.RoundTrip(req)
+}
+
+// CloseIdleConnections closes the idle connections of both paths;
+// connections in use are closed when their request ends.
+func (t *Transport) CloseIdleConnections() {
+	t.std.CloseIdleConnections()
+	if t.h1 != nil {
+		t.h1.closeIdle()
+	}
+}
+
+// NewTransport returns a Transport tuned for proxying: no environment
+// proxy, no transparent compression (the proxy must forward
 // Accept-Encoding and bodies untouched), large idle pools, bounded connect
 // and handshake, and HTTP/2 health pings so dead connections are found.
-func NewTransport(o TransportOptions) *http.Transport {
+func NewTransport(o TransportOptions) *Transport {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 2 * time.Second
 	}
@@ -67,5 +94,16 @@ func NewTransport(o TransportOptions) *http.Transport {
 		p.SetUnencryptedHTTP2(true)
 	}
 	t.Protocols = &p
-	return t
+	tr := &Transport{std: t}
+	if !o.HTTP2 {
+		tr.h1 = &h1Transport{
+			dial:             dialer.DialContext,
+			tls:              o.TLS,
+			handshakeTimeout: o.ConnectTimeout,
+			idleTimeout:      o.IdleTimeout,
+			maxIdle:          o.MaxIdlePerEndpoint,
+			maxHeaderBytes:   t.MaxResponseHeaderBytes,
+		}
+	}
+	return tr
 }

@@ -15,21 +15,43 @@ import (
 	"github.com/sidemesh/sidemesh/telemetry"
 )
 
-// tries is the state one request's tries share: the request, the context
-// bounded by the upstream's timeout, the body a retry may send again, and
+// tries is the state one request's tries share: the request, the
+// deadline of the upstream's timeout, the body a retry may send again, and
 // the endpoints tried so far.
 type tries struct {
-	u      *Upstream
-	req    *http.Request
-	rt     http.RoundTripper
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	body   *replayBody
-	br     balancer.Request
-	info   *pipeline.Info
+	u    *Upstream
+	req  *http.Request
+	rt   http.RoundTripper
+	body *replayBody
+	br   balancer.Request
+	info *pipeline.Info
 	// attempts is how many retries this request may have: the policy's,
 	// or none for a request a retrying sidecar forwarded.
 	attempts int
+	// deadline is when the upstream's timeout ends the wait for response
+	// headers, over all tries; zero without one.
+	deadline time.Time
+}
+
+// expired reports whether the upstream's timeout has passed.
+func (x *tries) expired() bool {
+	return !x.deadline.IsZero() && !time.Now().Before(x.deadline)
+}
+
+// startTimer arms the timeout of a try: the per-try timeout or what is
+// left of the upstream's, whichever ends first, cancelling the try with
+// that timeout's cause. Nil when neither is set.
+func (x *tries) startTimer(cancel context.CancelCauseFunc) *time.Timer {
+	d, cause := x.u.retry.PerTryTimeout, errPerTryTimeout
+	switch {
+	case !x.deadline.IsZero():
+		if left := time.Until(x.deadline); d <= 0 || left <= d {
+			d, cause = left, errTimeout
+		}
+	case d <= 0:
+		return nil
+	}
+	return time.AfterFunc(d, func() { cancel(cause) })
 }
 
 // errPerTryTimeout is the cancellation cause when a try's own timeout
@@ -67,19 +89,20 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 	}
 	x.body.prepare(out)
 
-	tctx := x.ctx
-	if p.PerTryTimeout > 0 {
-		var tcancel context.CancelCauseFunc
-		tctx, tcancel = context.WithCancelCause(x.ctx)
-		timer := time.AfterFunc(p.PerTryTimeout, func() { tcancel(errPerTryTimeout) })
-		defer func() {
+	// The try's context ends with the try, or, for a response passed on,
+	// when the proxy is done with its body (exchangeEnd). Until response
+	// headers arrive, the timer ends it at the try's deadline.
+	tctx, cancel := context.WithCancelCause(x.req.Context())
+	timer := x.startTimer(cancel)
+	defer func() {
+		if timer != nil {
 			timer.Stop()
-			if resp == nil {
-				tcancel(nil) // a response's body still reads under tctx
-			}
-		}()
-	}
-	try := u.tel.StartTry(x.ctx, out, telemetry.TryInfo{
+		}
+		if resp == nil {
+			cancel(nil)
+		}
+	}()
+	try := u.tel.StartTry(x.req.Context(), out, telemetry.TryInfo{
 		Endpoint: ep, EndpointID: pick.Endpoint.ID, Attempt: attempt,
 		Breaker: pick.Endpoint.BreakerState().String(), Scheme: out.URL.Scheme,
 	})
@@ -101,7 +124,7 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 		clientGone := x.req.Context().Err() != nil
 		pick.Done(balancer.Result{Err: err, Latency: latency, Local: clientGone})
 		try.End(0, string(kind))
-		if u.shouldRetry(x.ctx, x.req, x.body, attempt, x.attempts, kind, 0) {
+		if x.shouldRetry(attempt, kind, 0) {
 			return nil, true, nil
 		}
 		return nil, false, upstreamError(kind, u.name, ep, err)
@@ -124,10 +147,10 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 			try.End(resp.StatusCode, string(pipeline.KindProtocol))
 			return nil, false, upstreamError(pipeline.KindProtocol, u.name, ep, err)
 		}
-		resp.Body = &upgradedBody{ReadWriteCloser: rwc, end: exchangeEnd{done: pick.Done, res: res, cancel: x.cancel, try: try}}
+		resp.Body = &upgradedBody{ReadWriteCloser: rwc, end: exchangeEnd{done: pick.Done, res: res, cancel: cancel, try: try}}
 		return resp, false, nil
 	}
-	if p.Statuses.Has(resp.StatusCode) && u.shouldRetry(x.ctx, x.req, x.body, attempt, x.attempts, "", resp.StatusCode) {
+	if p.Statuses.Has(resp.StatusCode) && x.shouldRetry(attempt, "", resp.StatusCode) {
 		// Read a little of the body so the connection can be reused,
 		// then drop the response for the next try.
 		io.CopyN(io.Discard, resp.Body, 4<<10)
@@ -136,18 +159,20 @@ func (x *tries) try(attempt int) (resp *http.Response, retry bool, err error) {
 		try.End(resp.StatusCode, "")
 		return nil, true, nil
 	}
-	resp.Body = &trackedBody{ReadCloser: resp.Body, end: exchangeEnd{done: pick.Done, res: res, cancel: x.cancel, try: try}}
+	resp.Body = &trackedBody{ReadCloser: resp.Body, end: exchangeEnd{done: pick.Done, res: res, cancel: cancel, try: try}}
 	return resp, false, nil
 }
 
 // shouldRetry reports whether a failed try (by transport error kind, or by
 // status) may be retried, and waits the backoff if so. A retry needs: an
-// attempt left, a condition the policy retries, a method that may be
-// repeated (any method after a connect failure: nothing was sent), a body
-// that can be sent again, time left, and the budget's consent.
-func (u *Upstream) shouldRetry(ctx context.Context, req *http.Request, body *replayBody, attempt, attempts int, kind pipeline.Kind, status int) bool {
+// attempt left, a client still waiting, a condition the policy retries, a
+// method that may be repeated (any method after a connect failure:
+// nothing was sent), a body that can be sent again, time left, and the
+// budget's consent.
+func (x *tries) shouldRetry(attempt int, kind pipeline.Kind, status int) bool {
+	u, req := x.u, x.req
 	p := &u.retry
-	if attempt >= attempts || ctx.Err() != nil {
+	if attempt >= x.attempts || req.Context().Err() != nil || x.expired() {
 		return false
 	}
 	switch {
@@ -171,7 +196,7 @@ func (u *Upstream) shouldRetry(ctx context.Context, req *http.Request, body *rep
 	if kind != pipeline.KindConnectFailure && !p.NonIdempotent && !idempotent(req.Method) {
 		return false
 	}
-	if !body.replayable() {
+	if !x.body.replayable() {
 		return false
 	}
 	if p.Budget != nil && !p.Budget.Withdraw() {
@@ -180,7 +205,7 @@ func (u *Upstream) shouldRetry(ctx context.Context, req *http.Request, body *rep
 		return false
 	}
 	u.tel.Retry()
-	return p.backoff(ctx, attempt+1)
+	return p.backoff(req.Context(), attempt+1, x.deadline)
 }
 
 // exchangeEnd is what ends when the proxy is done with a response: the

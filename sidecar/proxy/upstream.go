@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,10 +19,10 @@ type UpstreamOptions struct {
 	Name string
 	// Picker chooses the endpoint of each try. Required.
 	Picker balancer.Picker
-	// Transport carries requests to endpoints. Required. An
-	// *http.Transport with a TLSClientConfig (NewTransport with
-	// TransportOptions.TLS) is sent https requests, so it connects with
-	// TLS; any other RoundTripper is sent http requests.
+	// Transport carries requests to endpoints. Required. A Transport
+	// built with TransportOptions.TLS, or an *http.Transport with a
+	// TLSClientConfig, is sent https requests, so it connects with TLS;
+	// any other RoundTripper is sent http requests.
 	Transport http.RoundTripper
 	// UpgradeTransport carries requests that ask for a protocol upgrade
 	// (WebSocket); it must speak HTTP/1.1. Nil means Transport. Its
@@ -112,6 +111,9 @@ func NewUpstream(o UpstreamOptions) *Upstream {
 // schemeFor returns the URL scheme requests sent through rt need: an
 // http.Transport uses its TLSClientConfig only for https URLs.
 func schemeFor(rt http.RoundTripper) string {
+	if t, ok := rt.(*Transport); ok {
+		rt = t.std
+	}
 	if t, ok := rt.(*http.Transport); ok && t.TLSClientConfig != nil {
 		return "https"
 	}
@@ -214,6 +216,8 @@ type upstreamTransport Upstream
 // private clone httputil.ReverseProxy made for this call, so setting its
 // URL and Body does not affect the caller. The upstream's timeout bounds
 // all tries until response headers arrive; a per-try timeout bounds each.
+// Both are enforced by the one timer of each try (see tries.start), so a
+// request allocates a single context and timer, not one per timeout.
 func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	u := (*Upstream)(t)
 	if u.retry.Budget != nil {
@@ -225,23 +229,9 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	}
 	x.br.Affinity, x.br.Strict, x.br.RebindKey = x.info.Affinity, x.info.AffinityStrict, x.info.RebindKey
 	x.info.Upstream = u.name
-	var overall *time.Timer
-	ctx, cancel := context.WithCancelCause(req.Context())
-	x.ctx, x.cancel = ctx, cancel
 	if u.timeout > 0 {
-		overall = time.AfterFunc(u.timeout, func() { cancel(errTimeout) })
+		x.deadline = time.Now().Add(u.timeout)
 	}
-	// A response hands the context over to its body, whose Close cancels
-	// it; anything else ends here.
-	handedOver := false
-	defer func() {
-		if overall != nil {
-			overall.Stop()
-		}
-		if !handedOver {
-			cancel(nil)
-		}
-	}()
 
 	req.URL.Scheme = u.scheme
 	if isUpgrade(req.Header) {
@@ -268,7 +258,6 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		if err != nil {
 			return nil, err
 		}
-		handedOver = true
 		return resp, nil
 	}
 }
