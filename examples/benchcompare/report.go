@@ -272,6 +272,9 @@ type targetLine struct {
 	what, measured, limit string
 	met                   bool
 	measuredOK            bool
+	// unreliable, when set, says why the figure cannot be judged; the
+	// target then counts as not met.
+	unreliable string
 }
 
 // targets writes whether each target was met in this run.
@@ -299,6 +302,11 @@ func (rp *report) targets(b *strings.Builder) {
 			limit: fmt.Sprintf("≤ %.2f ms", a.limit), measuredOK: !math.IsNaN(v)}
 		if t.measuredOK {
 			t.measured, t.met = fmt.Sprintf("%.3f ms", v), v <= a.limit
+			if v < 0 {
+				// Direct was slower than two proxy hops: a burst of
+				// someone else's work hit direct's run, not a fast proxy.
+				t.unreliable = "unreliable: direct was slower than the row (a busy machine); run more rounds"
+			}
 		}
 		ts = append(ts, t)
 	}
@@ -328,6 +336,8 @@ func (rp *report) targets(b *strings.Builder) {
 	for _, t := range ts {
 		verdict := "not measured (rows or rate not run)"
 		switch {
+		case t.unreliable != "":
+			verdict = t.unreliable
 		case t.measuredOK && t.met:
 			verdict, met = "met", met+1
 		case t.measuredOK:

@@ -116,6 +116,13 @@ func TestReportTargets(t *testing.T) {
 		}
 	}
 
+	// Direct slower than the pair: the added latency is negative, which
+	// says the machine was busy, not that the target was met.
+	md = newReport(fakeResults(0.9, 1.2, -2, 15e6), all).markdown()
+	if !strings.Contains(md, "| two sidecars with mTLS at 1,000 req/s: added latency p99 | -2.000 ms | ≤ 1.00 ms | unreliable: ") {
+		t.Errorf("a negative added p99 is not flagged unreliable:\n%s", md)
+	}
+
 	// Without the nginx rows, the ratios are not measured rather than
 	// wrong.
 	res := fakeResults(0.9, 1.2, 0.5, 15e6)
