@@ -98,11 +98,11 @@ type Metrics struct {
 	serverActive metric.Int64ObservableUpDownCounter
 	clientActive metric.Int64ObservableUpDownCounter
 	transitions  metric.Int64Counter
-	ejections      metric.Int64Counter
-	denials        metric.Int64Counter
-	tcpConns       metric.Int64Counter
-	tcpActive      metric.Int64UpDownCounter
-	tcpBytes       metric.Int64Counter
+	ejections    metric.Int64Counter
+	denials      metric.Int64Counter
+	tcpConns     metric.Int64Counter
+	tcpActive    metric.Int64UpDownCounter
+	tcpBytes     metric.Int64Counter
 
 	// sets caches attribute sets by seriesKey: building one sorts and
 	// allocates, which the request path should not pay every time. It

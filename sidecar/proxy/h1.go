@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +80,10 @@ type h1Conn struct {
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	tlsState *tls.ConnectionState
+	// probe reports an endpoint that closed the connection or sent
+	// something since the last response (newProbe); nil where it cannot
+	// look.
+	probe func() bool
 	// reused reports a connection that carried a request before.
 	reused bool
 	// idleSince is when it was put back in the pool.
@@ -134,7 +139,7 @@ func (t *h1Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	again := replayable(req)
 	for {
-		c, err := t.get(req.Context(), req.URL.Host, again)
+		c, err := t.get(req.Context(), req.URL.Host)
 		if err != nil {
 			return nil, err
 		}
@@ -206,10 +211,8 @@ func (t *h1Transport) host(addr string) *h1Host {
 	return h
 }
 
-// get returns an idle connection to addr, or dials one. replayable says
-// whether the request may be sent again should the connection turn out
-// to be stale (roundTrip).
-func (t *h1Transport) get(ctx context.Context, addr string, replayable bool) (*h1Conn, error) {
+// get returns an idle connection to addr, or dials one.
+func (t *h1Transport) get(ctx context.Context, addr string) (*h1Conn, error) {
 	h := t.host(addr)
 	for {
 		h.mu.Lock()
@@ -222,7 +225,7 @@ func (t *h1Transport) get(ctx context.Context, addr string, replayable bool) (*h
 		h.idle[n-1] = nil
 		h.idle = h.idle[:n-1]
 		h.mu.Unlock()
-		if !c.usable(replayable) {
+		if !c.usable() {
 			c.conn.Close()
 			continue
 		}
@@ -230,27 +233,19 @@ func (t *h1Transport) get(ctx context.Context, addr string, replayable bool) (*h
 	}
 }
 
-// idleProbeAfter is how long a connection idles before it is checked,
-// when taken from the pool, for an endpoint that closed it meanwhile
-// (http.Transport notices that at once with a read it keeps pending).
-// Servers close idle connections after seconds (Node.js: 5s, gunicorn:
-// 2s), and a request that may be sent twice is sent again on another
-// connection if one was closed sooner; a busy connection is not checked.
-const idleProbeAfter = time.Second
-
 // usable reports whether an idle connection may carry a request: not idle
-// past the idle timeout, and not closed by the endpoint, which is checked
-// after idleProbeAfter, or at once for a request that cannot be sent
-// twice.
-func (c *h1Conn) usable(replayable bool) bool {
-	idle := time.Since(c.idleSince)
-	if t := c.host.t; t.idleTimeout > 0 && idle >= t.idleTimeout {
+// past the idle timeout, and quiet since its last response. An endpoint
+// that closed it meanwhile (an idle timeout of its own) would make the
+// request fail; one that sent more than its last response would have
+// those bytes read as the next one (a desync: the response of one
+// request given to another). http.Transport notices both with a read it
+// keeps pending on every idle connection; here, one look at the socket
+// per request does (newProbe).
+func (c *h1Conn) usable() bool {
+	if t := c.host.t; t.idleTimeout > 0 && time.Since(c.idleSince) >= t.idleTimeout {
 		return false
 	}
-	if replayable && idle < idleProbeAfter {
-		return true
-	}
-	return !peerClosed(c.conn)
+	return c.probe == nil || !c.probe()
 }
 
 // dial opens a connection: TCP, then TLS when the transport has a
@@ -281,6 +276,7 @@ func (h *h1Host) dial(ctx context.Context) (*h1Conn, error) {
 		conn = tc
 	}
 	c.conn = conn
+	c.probe = newProbe(conn)
 	c.lim.conn = conn
 	c.br = bufio.NewReader(&c.lim)
 	c.bw = bufio.NewWriter(conn)
@@ -373,16 +369,34 @@ func (c *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
 }
 
 // release ends c's exchange: the cancellation watch stops, and the
-// connection goes back to the pool if keep, nothing of another response
-// is already buffered (a response longer than it announced: reading it
-// as the next one would be a desync), and no cancellation cut it.
+// connection goes back to the pool if keep, no cancellation cut it, and
+// the endpoint sent nothing more (unsolicited).
 func (c *h1Conn) release(stop func() bool, keep bool) {
-	if !stop() || !keep || c.br.Buffered() > 0 {
+	if !stop() || !keep || c.unsolicited() {
 		c.conn.Close()
 		return
 	}
 	c.reused = true
 	c.host.put(c)
+}
+
+// unsolicited reports whether the endpoint sent more than its response
+// that is already read from the socket: what br holds and, on a TLS
+// connection, decrypted bytes crypto/tls holds, which a read that cannot
+// wait (a deadline in the past, which costs no system call and leaves
+// crypto/tls's state as it was) finds. What is still in the socket is
+// found when the connection is next taken (usable).
+func (c *h1Conn) unsolicited() bool {
+	if c.br.Buffered() > 0 {
+		return true
+	}
+	if c.tlsState == nil {
+		return false
+	}
+	c.conn.SetReadDeadline(aLongTimeAgo)
+	_, err := c.br.Peek(1)
+	c.conn.SetReadDeadline(time.Time{})
+	return !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // put returns c to the pool, or closes it when the pool is full.

@@ -4,7 +4,7 @@ package proxy
 
 import "net"
 
-// peerClosed reports false: without a way to look at a socket without
-// reading it, an idle connection counts as open, and a request that a
-// stale one drops is retried as h1Transport.roundTrip says.
-func peerClosed(net.Conn) bool { return false }
+// newProbe returns nil: without a way to look at a socket without reading
+// it, a pooled connection counts as quiet, and a request that a stale one
+// drops is sent again as h1Transport.roundTrip says.
+func newProbe(net.Conn) func() bool { return nil }

@@ -10,31 +10,39 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// peerClosed reports whether the endpoint closed an idle connection or
-// sent something on it, which an HTTP/1.1 endpoint has no reason to do
-// between responses (a TLS close_notify is such a thing): one read of the
-// socket that neither waits nor consumes. A connection it cannot look at
-// counts as open.
-func peerClosed(conn net.Conn) bool {
+// newProbe returns a function reporting whether the endpoint closed the
+// connection or sent something on it since the last response, which an
+// HTTP/1.1 endpoint has no business doing (a TLS close_notify counts):
+// one look at the socket that neither waits nor consumes. It is built
+// once per connection, so a look allocates nothing. Nil for a connection
+// it cannot look at.
+func newProbe(conn net.Conn) func() bool {
 	if tc, ok := conn.(*tls.Conn); ok {
 		conn = tc.NetConn()
 	}
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		return false
+		return nil
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
+		return nil
+	}
+	var (
+		b    [1]byte
+		busy bool
+	)
+	look := func(fd uintptr) bool {
+		err := peek(int(fd), b[:])
+		// Nothing to read (EAGAIN) is an open, quiet connection; a byte,
+		// the end of the stream (no error) or a reset is not.
+		busy = err != unix.EAGAIN && err != unix.EINTR
 		return true
 	}
-	closed := false
-	err = raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		// Nothing to read (EAGAIN) is an open, idle connection; a byte,
-		// the end of the stream (no error) or a reset is not.
-		closed = err != unix.EAGAIN && err != unix.EINTR
-		return true
-	})
-	return closed || err != nil
+	return func() bool {
+		if err := raw.Read(look); err != nil {
+			return true
+		}
+		return busy
+	}
 }
