@@ -160,6 +160,9 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		return errors.New("sidecar: already started")
 	}
 	cfg := s.cfg.Load()
+	// Before anything starts: what it allocates meanwhile in the heap
+	// caches of CPUs the config then takes away stays resident.
+	applyConcurrency(cfg.Concurrency, s.log)
 	b, err := startBackends(cfg, s.log, s.clock)
 	if err != nil {
 		return err

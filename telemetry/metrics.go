@@ -183,7 +183,7 @@ func newMetrics(m metric.Meter) (*Metrics, error) {
 	x.clientActive, err = m.Int64ObservableUpDownCounter("http.client.active_requests", metric.WithUnit("{request}"),
 		metric.WithDescription("Tries in flight to an upstream endpoint."))
 	note(err)
-	if err == nil {
+	if len(e) == 0 {
 		_, err = m.RegisterCallback(x.observeActive, x.serverActive, x.clientActive)
 		note(err)
 	}

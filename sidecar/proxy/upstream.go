@@ -216,7 +216,7 @@ type upstreamTransport Upstream
 // private clone httputil.ReverseProxy made for this call, so setting its
 // URL and Body does not affect the caller. The upstream's timeout bounds
 // all tries until response headers arrive; a per-try timeout bounds each.
-// Both are enforced by the one timer of each try (see tries.start), so a
+// Both are enforced by the one timer of each try (see tries.startTimer), so a
 // request allocates a single context and timer, not one per timeout.
 func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	u := (*Upstream)(t)
