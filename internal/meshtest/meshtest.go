@@ -1,13 +1,15 @@
 // Package meshtest is the one home of the helpers sidemesh's own tests
 // share: polling with a deadline instead of sleeping, the named wait for
-// "nothing happens", and loopback listeners. It imports nothing of
-// sidemesh, so every package's tests can use it.
+// "nothing happens", loopback listeners, and a log sink to read back. It
+// imports nothing of sidemesh, so every package's tests can use it.
 package meshtest
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -130,4 +132,25 @@ func FreePort(t testing.TB) int {
 func FreeUDPAndTCPPort(t testing.TB) int {
 	t.Helper()
 	return freePort(t, true)
+}
+
+// LogBuffer is a log sink a server writes while the test reads it: a
+// bytes.Buffer safe for concurrent use. The zero value is empty and ready.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything written so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

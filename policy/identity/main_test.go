@@ -1,16 +1,15 @@
 package identity
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 	"go.uber.org/goleak"
 )
 
@@ -90,23 +89,8 @@ func static(b *Bundle) *StaticSource {
 	return s
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the log a test reads back, with a line count.
+type syncBuffer struct{ meshtest.LogBuffer }
 
 // count returns how many log lines contain all of subs.
 func (s *syncBuffer) count(subs ...string) int {

@@ -2,7 +2,6 @@ package listener
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,10 +12,11 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // TestDetectionRedirected serves an HTTP server with Detection on a
@@ -42,7 +42,7 @@ func TestDetectionRedirected(t *testing.T) {
 		"-j", "REDIRECT", "--to-ports", strconv.Itoa(sock.Addr().(*net.TCPAddr).Port))
 
 	var opaque atomic.Int32 // connections Opaque was called with
-	var logs lockedBuffer
+	var logs meshtest.LogBuffer
 	srv := NewHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		dst, err := RequestOriginalDestination(r)
 		if err != nil {
@@ -187,22 +187,4 @@ func TestDetectionRedirected(t *testing.T) {
 	if line, err := held.ReadString('\n'); err == nil {
 		t.Errorf("after Shutdown the opaque connection is open: read %q", line)
 	}
-}
-
-// lockedBuffer is a log the test reads while the server writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
