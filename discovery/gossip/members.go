@@ -143,6 +143,18 @@ func (s *Store) leave() {
 	s.queueLocked("l"+s.node, encodeLeaveMsg(s.node, s.incarnation))
 }
 
+// MemberAlive reports whether memberlist has reported the member named
+// name alive (this node counts once it has joined). Unlike the visibility
+// of name's tied entries, there is no grace for a member not reported
+// yet: what this store shows of name may arrive before memberlist can
+// reach it, and a caller about to send to name wants the latter.
+func (s *Store) MemberAlive(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.members[name]
+	return m != nil && m.state == MemberAlive
+}
+
 // membersSnapshot returns what the store knows of every member, sorted by
 // name.
 func (s *Store) membersSnapshot() []Member {

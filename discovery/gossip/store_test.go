@@ -552,6 +552,9 @@ func TestUnknownOwner(t *testing.T) {
 	if got := value(t, obs, "svc/a-1"); got != "inst" {
 		t.Fatalf("entry of a not-yet-reported owner hidden: %q", got)
 	}
+	if obs.MemberAlive("a") {
+		t.Fatal("a member memberlist has not reported counts as alive")
+	}
 	signal, cancel := obs.Subscribe("svc/")
 	defer cancel()
 	clk.Add(31 * time.Second)
@@ -568,10 +571,16 @@ func TestUnknownOwner(t *testing.T) {
 	if got := value(t, obs, "svc/a-1"); got != "inst" {
 		t.Fatalf("entry hidden once its owner is reported: %q", got)
 	}
+	if !obs.MemberAlive("a") {
+		t.Fatal("a reported alive does not count as alive")
+	}
 
 	// Once a is gone, obs neither gossips its entries nor sends them in
 	// push/pull: a newcomer that never knew a would show them.
 	obs.memberGone("a")
+	if obs.MemberAlive("a") {
+		t.Fatal("a counts as alive after it was declared gone")
+	}
 	drain(obs)
 	if err := a.Set("svc/a-1", []byte("late"), SetOptions{Tied: true}); err != nil {
 		t.Fatal(err)

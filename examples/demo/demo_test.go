@@ -105,7 +105,7 @@ func TestDemo(t *testing.T) {
 		"━━ 4/7 ", "catalog-3 joined the pool", "round robin ", "least_response_time ",
 		"━━ 5/7 ", "- { from: [frontend, visitor, edge], to: catalog, paths: [/admin/], action: deny }",
 		"━━ 6/7 ", `sees catalog-3 as "left"`, "routes catalog to catalog-1, catalog-2\n",
-		"━━ 7/7 ", "GET /items via edge-1  200  from catalog-", "GET /items via edge-2  200  from catalog-",
+		"━━ 7/7 ", "GET /items via edge-1  200  from catalog-", "edge-2 holds the session ", "GET /items via edge-2  200  from catalog-",
 		"killed edge-1 (SIGKILL)", "GET /items via edge-2  200  from catalog-", "losing an edge lost no session",
 		"keeps serving", "frontend -> catalog-",
 		"stopped cleanly",

@@ -430,6 +430,9 @@ func (d *demo) phaseEdges(ctx context.Context) error {
 	}
 	cookie, _, _ = strings.Cut(cookie, ";")
 	d.out.say("GET /items via edge-1  %d  from %s, Set-Cookie: %s", first.status, owner, abbreviate(cookie))
+	if err := d.waitSession(ctx, e1, e2); err != nil {
+		return err
+	}
 	follow := func(e *instance, n int) error {
 		for range n {
 			a := d.edgeGet(ctx, e, cookie)
@@ -459,6 +462,42 @@ func (d *demo) phaseEdges(ctx context.Context) error {
 		return err
 	}
 	d.out.notice("The session lived in the pool, not in edge-1: losing an edge lost no session.")
+	return nil
+}
+
+// waitSession waits until the session edge-1 just began is in edge-2's
+// copy of the table, and says how it got there: edge-1 hands a new
+// session to its owner edges before its response goes out, so edge-2
+// usually holds it at once; if that exchange failed (a loaded host can
+// miss its 100 ms bound), gossip brings it within about a second.
+func (d *demo) waitSession(ctx context.Context, e1, e2 *instance) error {
+	type stickyStats struct {
+		Routes []struct {
+			Sessions    int    `json:"sessions"`
+			OwnerErrors uint64 `json:"owner_errors"`
+		} `json:"routes"`
+	}
+	read := func(e *instance) (stickyStats, error) {
+		var st stickyStats
+		a := get(ctx, d.client, e.adminAddr(), "", "/sticky")
+		if a.err != nil {
+			return st, a.err
+		}
+		return st, json.Unmarshal(a.body, &st)
+	}
+	t0 := time.Now()
+	err := d.waitFor(ctx, readyTimeout, "edge-2 to hold the session", func() (bool, error) {
+		st, err := read(e2)
+		return err == nil && len(st.Routes) == 1 && st.Routes[0].Sessions == 1, err
+	})
+	if err != nil {
+		return err
+	}
+	how := "handed over by edge-1 before its response"
+	if st, err := read(e1); err == nil && len(st.Routes) == 1 && st.Routes[0].OwnerErrors > 0 {
+		how = "by gossip: edge-1's hand-over failed"
+	}
+	d.out.say("edge-2 holds the session %s later (%s)", time.Since(t0).Round(time.Millisecond), how)
 	return nil
 }
 

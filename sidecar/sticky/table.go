@@ -293,11 +293,16 @@ func (r *Route) get(k string, cfg *routeConfig) (Session, bool) {
 
 // Owners returns the node names of the edges sharing the table that this
 // edge knows of, itself included, sorted: those a session's owner is
-// chosen among.
+// chosen among. An edge counts once its announcement has arrived and the
+// pool reports it alive: announcements can outrun membership, and an
+// owner this edge cannot reach yet is one it cannot hand sessions to.
 func (t *Table) Owners() []string {
 	var out []string
 	for _, e := range t.store.List(OwnersPrefix) {
-		out = append(out, e.Key[len(OwnersPrefix):])
+		name := e.Key[len(OwnersPrefix):]
+		if t.store.MemberAlive(name) || (t.peers != nil && name == t.peers.Name()) {
+			out = append(out, name)
+		}
 	}
 	return out
 }
