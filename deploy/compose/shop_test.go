@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // TestComposeShop builds the images, brings the shop up under a project
@@ -220,31 +222,13 @@ func (sh *shop) getPage(edge string, hdr http.Header) (page, error) {
 	return p, nil
 }
 
-// poll calls cond every 250ms until it returns nil, failing the test
-// with its last error after timeout.
-func (sh *shop) poll(what string, timeout time.Duration, cond func() error) time.Duration {
-	sh.t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			sh.t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // waitReady waits until both edges answer GET / and both catalog
 // instances have answered, and both cart instances through the edge's
 // cart route.
 func (sh *shop) waitReady(timeout time.Duration) {
 	sh.t.Helper()
 	seen := map[string]bool{}
-	sh.poll("the shop answering through both edges from both catalogs", timeout, func() error {
+	meshtest.Eventually(sh.t, timeout, "the shop answering through both edges from both catalogs", func() error {
 		for _, e := range sh.edges {
 			p, err := sh.getPage(e, nil)
 			if err != nil {
@@ -397,6 +381,43 @@ func (l *load) end() (ok, failed int64, errs []string, seen map[string]int64) {
 	return l.ok.Load(), l.failed.Load(), l.errs, l.seen
 }
 
+// waitAnswered waits until the load has had n more answers than it had
+// when called (about n/100 seconds at its pace), failing the test after
+// a minute.
+func (l *load) waitAnswered(sh *shop, n int64, what string) {
+	sh.t.Helper()
+	target := l.ok.Load() + n
+	meshtest.Eventually(sh.t, time.Minute, what, func() error {
+		if got := l.ok.Load(); got < target {
+			return fmt.Errorf("%d of %d answered (%d failed)", got, target, l.failed.Load())
+		}
+		return nil
+	})
+}
+
+// consulPassing returns nil when Consul's health API lists the instance
+// with ID id of service among the passing ones as want says.
+func (sh *shop) consulPassing(service, id string, want bool) error {
+	status, body, err := sh.do(http.DefaultClient, http.MethodGet, "http://"+sh.consulAPI()+"/v1/health/service/"+service+"?passing=true", nil)
+	if err != nil || status != http.StatusOK {
+		return fmt.Errorf("health of %s: %d %s %v", service, status, body, err)
+	}
+	var entries []struct {
+		Service struct{ ID string }
+	}
+	if err := json.Unmarshal(body, &entries); err != nil {
+		return fmt.Errorf("health of %s: %v in %q", service, err, body)
+	}
+	passing := false
+	for _, e := range entries {
+		passing = passing || e.Service.ID == id
+	}
+	if passing != want {
+		return fmt.Errorf("%s passing: %v", id, passing)
+	}
+	return nil
+}
+
 // seenNow returns how many answers instance has given so far.
 func (l *load) seenNow(instance string) int64 {
 	l.mu.Lock()
@@ -411,7 +432,7 @@ func (sh *shop) checkCatalogKilled() {
 	sh.t.Helper()
 	app := sh.s.container("catalog-1-app")
 	l := sh.startLoad()
-	sh.poll("load answered by catalog-1 before the kill", 30*time.Second, func() error {
+	meshtest.Eventually(sh.t, 30*time.Second, "load answered by catalog-1 before the kill", func() error {
 		if l.seenNow("catalog-1") == 0 {
 			return fmt.Errorf("no answer from catalog-1 yet")
 		}
@@ -420,12 +441,16 @@ func (sh *shop) checkCatalogKilled() {
 	sh.s.run(time.Minute, "docker", "kill", app)
 	killed := time.Now()
 	before := l.seenNow("catalog-1")
-	// Long enough for Consul's check (every 2s) to mark it critical and
-	// the sidecars to drop it.
-	time.Sleep(8 * time.Second)
+	// Down until Consul's check (every 2s) has taken it out of the passing
+	// instances, and for a second of load after that: the requests that
+	// reach the sidecars while they drop it.
+	meshtest.Eventually(sh.t, time.Minute, "Consul to see catalog-1 failing", func() error {
+		return sh.consulPassing("catalog", "catalog-1", false)
+	})
+	l.waitAnswered(sh, 100, "100 requests answered with catalog-1 out of rotation")
 	sh.s.run(time.Minute, "docker", "start", app)
 	started := time.Now()
-	back := sh.poll("catalog-1 back in rotation", time.Minute, func() error {
+	back := meshtest.Eventually(sh.t, time.Minute, "catalog-1 back in rotation", func() error {
 		if l.seenNow("catalog-1") == before {
 			return fmt.Errorf("no answer from catalog-1 since it was started again")
 		}
@@ -447,7 +472,7 @@ var consulServers = []string{"consul-server-1", "consul-server-2", "consul-serve
 func (sh *shop) checkConsulServerStopped() {
 	sh.t.Helper()
 	leaderIP := ""
-	sh.poll("a Consul leader", time.Minute, func() error {
+	meshtest.Eventually(sh.t, time.Minute, "a Consul leader", func() error {
 		status, body, err := sh.do(http.DefaultClient, http.MethodGet, "http://"+sh.consulAPI()+"/v1/status/leader", nil)
 		if err == nil && status == http.StatusOK {
 			leaderIP, _, _ = strings.Cut(strings.Trim(string(body), "\"\n"), ":")
@@ -468,12 +493,12 @@ func (sh *shop) checkConsulServerStopped() {
 		sh.t.Fatalf("the leader %s is none of the servers", leaderIP)
 	}
 	l := sh.startLoad()
-	time.Sleep(2 * time.Second) // load before the stop
+	l.waitAnswered(sh, 200, "200 requests answered before the stop")
 	stopped := time.Now()
 	sh.s.run(time.Minute, "docker", "stop", "-t", "10", sh.s.container(leader))
 	stopTook := time.Since(stopped)
 	sh.stopped = leader
-	elected := sh.poll("a new leader", time.Minute, func() error {
+	elected := meshtest.Eventually(sh.t, time.Minute, "a new leader", func() error {
 		var lastErr error
 		for _, srv := range consulServers {
 			if srv == leader {
@@ -488,7 +513,9 @@ func (sh *shop) checkConsulServerStopped() {
 		}
 		return lastErr
 	})
-	time.Sleep(5 * time.Second) // keep the load on with two servers
+	// Keep the load on with two servers: the sidecars' blocking queries
+	// move to them and go on.
+	l.waitAnswered(sh, 500, "500 more requests answered with two servers")
 	ok, failed, errs, seen := l.end()
 	sh.t.Logf("Consul leader %s stopped (docker stop took %s): new leader after %s; %d requests answered (%v), %d failed",
 		leader, stopTook.Round(time.Millisecond), elected.Round(time.Millisecond), ok, seen, failed)

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 )
 
 // jaegerTrace is the part of Jaeger's GET /api/traces/{id} answer the
@@ -111,7 +113,7 @@ func (sh *shop) checkTrace(times *timings) {
 		sh.t.Fatal(err)
 	}
 	var chain []string
-	took := sh.poll("the trace in Jaeger with the edge's, web's and catalog's spans linked", time.Minute, func() error {
+	took := meshtest.Eventually(sh.t, time.Minute, "the trace in Jaeger with the edge's, web's and catalog's spans linked", func() error {
 		status, body, err := sh.do(http.DefaultClient, http.MethodGet, "http://"+sh.jaeger+"/api/traces/"+traceID, nil)
 		if err != nil {
 			return err
@@ -160,7 +162,7 @@ func (sh *shop) checkIntentionDeny(times *timings) {
 	if resp.StatusCode != http.StatusOK {
 		sh.t.Fatalf("PUT /v1/config: %s", resp.Status)
 	}
-	took := sh.poll("web -> cart denied", 30*time.Second, func() error {
+	took := meshtest.Eventually(sh.t, 30*time.Second, "web -> cart denied", func() error {
 		status, body, err := sh.do(sh.client, http.MethodGet, sh.edges[1]+"/cart", nil)
 		if err != nil {
 			return err
