@@ -59,6 +59,9 @@ var rows = []rowSpec{
 		Needs: []string{"haproxy"}, start: startHAProxy},
 	{Name: "go-reverseproxy", Shape: shapeOneHop, Ref: "nginx", What: "Go's httputil.ReverseProxy with a buffer pool and 256 idle connections per host",
 		start: startGoProxy},
+	{Name: "go-server", Shape: shapeOneHop, Ref: "nginx",
+		What:  "Go's net/http server answering the 1 KiB itself, proxying nothing: the server half alone of any proxy built on net/http, as sidemesh and go-reverseproxy are",
+		start: startGoServer},
 	{Name: "sidemesh", Shape: shapeOneHop, Ref: "nginx", Sidemesh: true,
 		What: "a sidemesh sidecar's outbound listener, static endpoint, defaults (metrics on)", start: startSidemesh},
 	{Name: "nginx-tls", Shape: shapeTLS, What: "nginx terminating TLS (HTTP/1.1 and h2 by ALPN), 2 workers",
@@ -187,6 +190,23 @@ func startGoProxy(b *bench, r *rowRun) error {
 	}
 	proc, err := startProc(r.spec.Name, filepath.Join(r.dir, "goproxy.log"), []string{roleEnv + "=" + roleGoProxy},
 		b.self, "-listen", addr(p[0]), "-upstream", b.backend())
+	if err != nil {
+		return err
+	}
+	r.procs = append(r.procs, proc)
+	r.h1, r.h2 = plainTargets(p[0], p[0])
+	return nil
+}
+
+// startGoServer starts a second backend, whose CPU is measured: what
+// net/http's server costs per request with nothing behind it.
+func startGoServer(b *bench, r *rowRun) error {
+	p, err := freePorts(1)
+	if err != nil {
+		return err
+	}
+	proc, err := startProc(r.spec.Name, filepath.Join(r.dir, "goserver.log"), []string{roleEnv + "=" + roleBackend},
+		b.self, "-listen", addr(p[0]))
 	if err != nil {
 		return err
 	}
