@@ -94,12 +94,13 @@ bench:
 
 # The harness is built, not run with `go run`, so that Ctrl-C reaches it
 # directly and it stops its proxies. BENCH_FLAGS passes flags through:
-# -rounds, -duration, -rates, -only REGEXP, -quick (see -help).
+# -rounds, -duration, -rates, -only REGEXP, -quick (see -help), taken
+# as written ($(value ...)), so that a regexp may end in $.
 BENCH_OUT   ?= bench-results
 BENCH_FLAGS ?=
 bench-compare: build
 	$(GO) build -o bin/benchcompare ./examples/benchcompare
-	bin/benchcompare -sidemesh $(BIN) -out $(BENCH_OUT) $(BENCH_FLAGS)
+	bin/benchcompare -sidemesh $(BIN) -out $(BENCH_OUT) $(value BENCH_FLAGS)
 
 # Every fuzz target in the tree, FUZZTIME each, found by name so that a new
 # target runs without editing this file.
