@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"io"
+
 	"github.com/sidemesh/sidemesh/internal/meshtest"
 
 	"context"
@@ -291,4 +293,37 @@ discovery: { gossip: { bind: 127.0.0.1:%d, join: [%s], insecure: true, profile: 
 		}
 		return nil
 	})
+}
+
+// TestAdminProfilingFollowsReload: admin.profiling serves the runtime's
+// profiles on the admin listener, and a reload that turns it off makes
+// them a 404 without a restart.
+func TestAdminProfilingFollowsReload(t *testing.T) {
+	adminAddr, out := listenAddr(t), listenAddr(t)
+	cfgText := func(on bool) string {
+		return fmt.Sprintf("admin: { listen: %s, profiling: %v }\noutbound: { listen: %s }\n", adminAddr, on, out)
+	}
+	s := start(t, parse(t, cfgText(true)))
+	status := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + adminAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		if _, err := io.Copy(&b, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, b.String()
+	}
+	if code, body := status("/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
+		t.Fatalf("GET /debug/pprof/heap?debug=1 with admin.profiling = %d %.200q", code, body)
+	}
+	if err := s.Reload(t.Context(), parse(t, cfgText(false))); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := status("/debug/pprof/heap?debug=1"); code != http.StatusNotFound {
+		t.Fatalf("GET /debug/pprof/heap after a reload turned profiling off = %d, want 404", code)
+	}
 }

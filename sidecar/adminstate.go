@@ -62,6 +62,11 @@ var stickySyncWait = 30 * time.Second
 // filled in, as `sidemesh validate --print` shows it (config.Effective).
 func (a adminState) Config() any { return a.s.Config().Effective() }
 
+func (a adminState) Profiling() bool {
+	c := a.s.Config()
+	return c.Admin != nil && c.Admin.Profiling
+}
+
 // Upstreams implements admin.Provider.
 func (a adminState) Upstreams() []admin.Upstream {
 	t := a.s.routes.Load()

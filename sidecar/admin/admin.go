@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"time"
 )
 
@@ -92,6 +93,9 @@ type Provider interface {
 	// removed; it wraps ErrNotFound when no route caches.
 	Cache() *Cache
 	PurgeCache(p CachePurge) (int, error)
+	// Profiling reports whether /debug/pprof/ serves (admin.profiling),
+	// as the config in effect says: a reload turns it on or off.
+	Profiling() bool
 }
 
 // Cache is an edge's response cache (GET /cache).
@@ -467,8 +471,10 @@ type RetryHistory struct {
 //	GET /history     traffic per upstream and inbound, 5 s points over 5 minutes
 //	GET /cache       an edge's response cache: entries, bytes, hits, misses, evictions
 //	DELETE /cache?key=<path or URL> or ?tag=<tag>   purge, on every edge of the gossip pool
+//	GET /debug/pprof/   the Go runtime's profiles, with admin.profiling; 404 otherwise
 func Handler(p Provider) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /debug/pprof/", profiling(p))
 	mux.Handle("GET /{$}", dashboard())
 	mux.Handle("GET /metrics", p.Metrics())
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) {
@@ -606,4 +612,22 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v) // the client may be gone; nothing to do about it
+}
+
+// profiling serves net/http/pprof's pages under /debug/pprof/ while p
+// says profiling is on, and 404 otherwise.
+func profiling(p Provider) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index) // and the named profiles: heap, goroutine, allocs...
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.Profiling() {
+			http.Error(w, "profiling is off (admin.profiling)", http.StatusNotFound)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }

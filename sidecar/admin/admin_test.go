@@ -25,7 +25,10 @@ type fake struct {
 	added   map[string]NewAPIKey
 	cached  bool
 	purges  []CachePurge
+	profile bool
 }
+
+func (f *fake) Profiling() bool { return f.profile }
 
 func (f *fake) Routes() *Routes         { return nil }
 func (f *fake) Sticky() *Sticky         { return nil }
@@ -209,6 +212,39 @@ func TestHandler(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest("POST", "/ready", nil))
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("POST /ready = %d, want 405", rec.Code)
+	}
+}
+
+// TestProfiling: /debug/pprof/ is a 404 until the provider says
+// profiling is on, then serves the index and the named profiles; it
+// follows the provider at every request, as a reload would change it.
+func TestProfiling(t *testing.T) {
+	f := &fake{}
+	h := Handler(f)
+	fetch := func(path string) (int, string) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/cmdline"} {
+		if code, body := fetch(path); code != http.StatusNotFound || !strings.Contains(body, "admin.profiling") {
+			t.Errorf("GET %s with profiling off = %d %q, want 404 naming admin.profiling", path, code, body)
+		}
+	}
+	f.profile = true
+	if code, body := fetch("/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") || !strings.Contains(body, "heap") {
+		t.Errorf("GET /debug/pprof/ = %d, want the index of profiles:\n%s", code, body)
+	}
+	if code, body := fetch("/debug/pprof/goroutine?debug=1"); code != 200 || !strings.Contains(body, "goroutine profile: total") {
+		t.Errorf("GET /debug/pprof/goroutine?debug=1 = %d %.200q", code, body)
+	}
+	if code, _ := fetch("/debug/pprof/no-such-profile"); code != http.StatusNotFound {
+		t.Errorf("an unknown profile = %d, want 404", code)
+	}
+	f.profile = false
+	if code, _ := fetch("/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("GET /debug/pprof/ after profiling was turned off = %d, want 404", code)
 	}
 }
 

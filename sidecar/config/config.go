@@ -223,6 +223,12 @@ type Admin struct {
 	// Listen is the "host:port" to bind; keep it on loopback. Default
 	// 127.0.0.1:19000.
 	Listen string `yaml:"listen"`
+	// Profiling serves the Go runtime's profiles (net/http/pprof) under
+	// /debug/pprof/: CPU, heap, allocations, goroutines, execution trace.
+	// Default false: a profile shows the process's internals, and a CPU
+	// profile or trace costs CPU while it runs. A reload turns it on or
+	// off.
+	Profiling bool `yaml:"profiling"`
 }
 
 // setDefaults fills an Admin section the file is about to overlay.
