@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"testing"
 
@@ -14,12 +13,18 @@ import (
 // on reload, a sidecar's default is config.DefaultSidecarConcurrency, and
 // going back to automatic gives the runtime its own choice back.
 func TestConcurrency(t *testing.T) {
-	if os.Getenv("GOMAXPROCS") != "" {
-		t.Skip("GOMAXPROCS is set: it, not the sidecar default, decides")
-	}
-	applyConcurrency(0, quietLogger()) // whatever earlier sidecars of this test binary set
+	// A GOMAXPROCS in the environment would decide instead of the
+	// sidecar's default: the test runs as if it were unset, and gives
+	// the process back the value it had.
+	t.Setenv("GOMAXPROCS", "")
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() {
+		applyConcurrency(0, quietLogger())
+		runtime.GOMAXPROCS(before)
+	})
+	applyConcurrency(1, quietLogger()) // then automatic: the runtime's own choice,
+	applyConcurrency(0, quietLogger()) // whatever earlier sidecars of this binary set
 	auto := runtime.GOMAXPROCS(0)
-	t.Cleanup(func() { applyConcurrency(0, quietLogger()) })
 	out, backend := listenAddr(t), namedBackend(t, "ok")
 	cfg := func(concurrency string) *config.Config {
 		return parse(t, fmt.Sprintf(`
