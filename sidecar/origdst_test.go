@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/config"
 	"github.com/sidemesh/sidemesh/sidecar/listener"
@@ -92,22 +93,12 @@ func lineServer(t *testing.T, addr, name string) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				lines := bufio.NewScanner(c)
-				for lines.Scan() {
-					fmt.Fprintf(c, "%s %s\n", name, lines.Text())
-				}
-			}()
+	meshtest.Serve(t, ln, func(c net.Conn) {
+		lines := bufio.NewScanner(c)
+		for lines.Scan() {
+			fmt.Fprintf(c, "%s %s\n", name, lines.Text())
 		}
-	}()
+	})
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

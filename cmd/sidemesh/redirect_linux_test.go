@@ -358,25 +358,14 @@ func serveIn(t *testing.T, l *lan, i int, addr, name string) {
 // then answers each line with "<name> <line>".
 func serveLinesIn(t *testing.T, l *lan, i int, addr, name string) {
 	t.Helper()
-	ln := listenIn(t, l, i, addr)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
-				lines := bufio.NewScanner(c)
-				for lines.Scan() {
-					fmt.Fprintf(c, "%s %s\n", name, lines.Text())
-				}
-			}()
+	meshtest.Serve(t, listenIn(t, l, i, addr), func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+		lines := bufio.NewScanner(c)
+		for lines.Scan() {
+			fmt.Fprintf(c, "%s %s\n", name, lines.Text())
 		}
-	}()
+	})
 }
 
 // How lineCall's client speaks: first (talk: it sends "ping" and reads

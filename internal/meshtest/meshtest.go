@@ -1,7 +1,8 @@
 // Package meshtest is the one home of the helpers sidemesh's own tests
 // share: polling with a deadline instead of sleeping, the named wait for
-// "nothing happens", loopback listeners, and a log sink to read back. It
-// imports nothing of sidemesh, so every package's tests can use it.
+// "nothing happens", loopback listeners and servers, and a log sink to
+// read back. It imports nothing of sidemesh, so every package's tests can
+// use it.
 package meshtest
 
 import (
@@ -132,6 +133,54 @@ func FreePort(t testing.TB) int {
 func FreeUDPAndTCPPort(t testing.TB) int {
 	t.Helper()
 	return freePort(t, true)
+}
+
+// Serve accepts connections on ln and runs handle on each in a goroutine
+// of its own, closing the connection when handle returns. When the test
+// ends it closes ln and every connection still open, and waits for the
+// handlers to return: nothing of it outlives the test.
+func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+	var (
+		mu     sync.Mutex
+		conns  = map[net.Conn]struct{}{}
+		closed bool
+		wg     sync.WaitGroup
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				c.Close()
+				return
+			}
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					c.Close()
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+				}()
+				handle(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		closed = true
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 }
 
 // LogBuffer is a log sink a server writes while the test reads it: a

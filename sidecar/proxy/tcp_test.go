@@ -9,41 +9,23 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/sidemesh/sidemesh/internal/meshtest"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/proxy"
 )
 
 // startTCPBackend serves handle on every connection accepted on a loopback
-// port. Connections get the test deadline; the listener is closed and the
-// handlers waited for when the test ends.
+// port. Connections get the test deadline; listener and connections are
+// closed and the handlers waited for when the test ends.
 func startTCPBackend(t testing.TB, handle func(net.Conn)) string {
 	t.Helper()
 	ln := listen(t)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(testTimeout))
-				handle(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
+	meshtest.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(testTimeout))
+		handle(c)
 	})
 	return ln.Addr().String()
 }
