@@ -409,14 +409,8 @@ func (d *demo) phaseEdges(ctx context.Context) error {
 			if err != nil || len(u.Endpoints) != 2 {
 				return false, err
 			}
-			var st struct {
-				Edges []string `json:"edges"`
-			}
-			a := get(ctx, d.client, e.adminAddr(), "", "/sticky")
-			if a.err != nil || json.Unmarshal(a.body, &st) != nil {
-				return false, a.err
-			}
-			return len(st.Edges) == 2, nil
+			st, err := d.sticky(ctx, e)
+			return err == nil && len(st.Edges) == 2, err
 		})
 		if err != nil {
 			return err
@@ -471,34 +465,39 @@ func (d *demo) phaseEdges(ctx context.Context) error {
 // usually holds it at once; if that exchange failed (a loaded host can
 // miss its 100 ms bound), gossip brings it within about a second.
 func (d *demo) waitSession(ctx context.Context, e1, e2 *instance) error {
-	type stickyStats struct {
-		Routes []struct {
-			Sessions    int    `json:"sessions"`
-			OwnerErrors uint64 `json:"owner_errors"`
-		} `json:"routes"`
-	}
-	read := func(e *instance) (stickyStats, error) {
-		var st stickyStats
-		a := get(ctx, d.client, e.adminAddr(), "", "/sticky")
-		if a.err != nil {
-			return st, a.err
-		}
-		return st, json.Unmarshal(a.body, &st)
-	}
 	t0 := time.Now()
 	err := d.waitFor(ctx, readyTimeout, "edge-2 to hold the session", func() (bool, error) {
-		st, err := read(e2)
+		st, err := d.sticky(ctx, e2)
 		return err == nil && len(st.Routes) == 1 && st.Routes[0].Sessions == 1, err
 	})
 	if err != nil {
 		return err
 	}
 	how := "handed over by edge-1 before its response"
-	if st, err := read(e1); err == nil && len(st.Routes) == 1 && st.Routes[0].OwnerErrors > 0 {
+	if st, err := d.sticky(ctx, e1); err == nil && len(st.Routes) == 1 && st.Routes[0].OwnerErrors > 0 {
 		how = "by gossip: edge-1's hand-over failed"
 	}
 	d.out.say("edge-2 holds the session %s later (%s)", time.Since(t0).Round(time.Millisecond), how)
 	return nil
+}
+
+// stickyView is the part of an edge's GET /sticky the demo reads.
+type stickyView struct {
+	Edges  []string `json:"edges"`
+	Routes []struct {
+		Sessions    int    `json:"sessions"`
+		OwnerErrors uint64 `json:"owner_errors"`
+	} `json:"routes"`
+}
+
+// sticky returns what the edge e's admin API says of its sticky sessions.
+func (d *demo) sticky(ctx context.Context, e *instance) (stickyView, error) {
+	var st stickyView
+	a := get(ctx, d.client, e.adminAddr(), "", "/sticky")
+	if a.err != nil {
+		return st, a.err
+	}
+	return st, json.Unmarshal(a.body, &st)
 }
 
 // edgeGet sends GET /items to the edge in, with the session cookie when
