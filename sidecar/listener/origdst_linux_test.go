@@ -23,13 +23,7 @@ import (
 // namespace it creates, and checks the listener recovers that address;
 // a connection made to the listener directly has none.
 func TestOriginalDestination(t *testing.T) {
-	ns := newTestNetns(t)
-	ns.run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
-	ns.run("ip", "link", "set", "d1", "up")
-	ns.run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
-	ns.run("ip", "addr", "add", "2001:db8::1/64", "dev", "d0", "nodad")
-	ns.run("ip", "link", "set", "d0", "up")
-	ns.run("ip", "link", "set", "lo", "up")
+	ns := newVethNetns(t)
 
 	for _, tc := range []struct {
 		network, listen, target, iptables string
@@ -108,6 +102,22 @@ func newTestNetns(t *testing.T) *testNetns {
 	}
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.name).Run() })
 	return n
+}
+
+// newVethNetns is newTestNetns with loopback up and a veth pair, d0
+// holding 192.0.2.1/24 and 2001:db8::1/64: the addresses beyond it
+// (192.0.2.10, 2001:db8::10) route out of d0 and exist nowhere, so a
+// connection to them arrives only where a REDIRECT rule sends it.
+func newVethNetns(t *testing.T) *testNetns {
+	t.Helper()
+	ns := newTestNetns(t)
+	ns.run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	ns.run("ip", "link", "set", "d1", "up")
+	ns.run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
+	ns.run("ip", "addr", "add", "2001:db8::1/64", "dev", "d0", "nodad")
+	ns.run("ip", "link", "set", "d0", "up")
+	ns.run("ip", "link", "set", "lo", "up")
+	return ns
 }
 
 // run runs a command inside the namespace.

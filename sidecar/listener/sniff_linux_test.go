@@ -28,12 +28,7 @@ import (
 // whatever it sends; a DialGuarded connection that comes back is refused
 // before Opaque sees it; Shutdown ends the opaque connections still open.
 func TestDetectionRedirected(t *testing.T) {
-	ns := newTestNetns(t)
-	ns.run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
-	ns.run("ip", "link", "set", "d1", "up")
-	ns.run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
-	ns.run("ip", "link", "set", "d0", "up")
-	ns.run("ip", "link", "set", "lo", "up")
+	ns := newVethNetns(t)
 
 	var sock *Socket
 	ns.do(func() (err error) { sock, err = Listen(context.Background(), "127.0.0.1:0", nil); return err })
